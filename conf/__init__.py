@@ -1,0 +1,1 @@
+"""Hydra configs of i2vedit (shipped in the wheel as ``i2vedit.conf``)."""

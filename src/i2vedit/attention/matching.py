@@ -1,0 +1,57 @@
+"""The paper's attention ideas, each a small named function: the spatial masked blend, its
+per-frame thresholds, and the temporal injection schedule."""
+
+from __future__ import annotations
+
+import torch
+
+from i2vedit.attention.layers import AttentionLayer, is_high_resolution
+
+
+def attention_probs(q: torch.Tensor, k: torch.Tensor, scale: float) -> torch.Tensor:
+    """softmax(Q K^T * scale) over the last axis, computed in fp32."""
+    return torch.softmax(torch.matmul(q.float(), k.float().transpose(-1, -2)) * scale, dim=-1)
+
+
+def frame_thresholds(mask_thr: tuple[float, float], num_frames: int) -> torch.Tensor:
+    """Per-frame mask threshold: ``thr0 + (thr1 - thr0) * f / F`` (never quite reaching thr1)."""
+    f = torch.arange(num_frames, dtype=torch.float32)
+    return mask_thr[0] + (mask_thr[1] - mask_thr[0]) * f / num_frames
+
+
+def blend_mask(p_src: torch.Tensor, p_edit: torch.Tensor, thresholds: torch.Tensor) -> torch.Tensor:
+    """Where the edit departs from the source attention, per query token.
+
+    ``p_src``, ``p_edit``: (frames, heads, queries, keys) probabilities; ``thresholds``:
+    (frames,). ``M = clamp(sum_keys mean_heads |P0 - P|, 0, 2) / 2``, then ``M >= thr`` -> 1.
+    Returns (frames, queries) in fp32.
+    """
+    m = (p_src.float() - p_edit.float()).abs().mean(dim=1).sum(dim=-1).clamp(0, 2) / 2
+    thr = thresholds.to(m.device, m.dtype)[:, None]
+    return torch.where(m >= thr, torch.ones_like(m), m)
+
+
+def masked_attention_blend(
+    p_src: torch.Tensor, p_edit: torch.Tensor, v: torch.Tensor, thresholds: torch.Tensor
+) -> torch.Tensor:
+    """The spatial "masked copy": ``((1 - M) P0 + M P) V`` with the edit's ``V``.
+
+    Shapes: probabilities (frames, heads, queries, keys), ``v`` (frames, heads, keys, dim);
+    returns (frames, heads, queries, dim) in ``v``'s dtype.
+    """
+    m = blend_mask(p_src, p_edit, thresholds)[:, None, :, None]
+    probs = (1 - m) * p_src.float() + m * p_edit.float()
+    return torch.matmul(probs.to(v.dtype), v)
+
+
+def temporal_uses_source(
+    layer: AttentionLayer, step: int, num_steps: int, beta: tuple[float, float]
+) -> bool:
+    """The temporal schedule ``[beta1, beta2]``: before ``beta1*N`` every temporal layer takes
+    the source's probabilities, from ``beta2*N`` on none does, and in between only the
+    low-resolution layers do (the high-resolution ones keep their own)."""
+    if step < beta[0] * num_steps:
+        return True
+    if step >= beta[1] * num_steps:
+        return False
+    return not is_high_resolution(layer)

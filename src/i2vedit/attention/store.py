@@ -1,0 +1,50 @@
+"""Where attention records live between inversion and editing."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import torch
+
+
+class AttentionStore(Protocol):
+    """Records indexed by (record index, layer path, name). The record index is the position
+    in the inversion's sigma sequence at which the source was evaluated."""
+
+    def put(self, index: int, layer: str, name: str, value: torch.Tensor) -> None: ...
+
+    def get(self, index: int, layer: str, name: str) -> torch.Tensor: ...
+
+    def indices(self) -> list[int]: ...
+
+    def nbytes(self, index: int | None = None) -> int: ...
+
+
+class MemoryStore:
+    """Records kept as tensors in memory, on the device and in the dtype they are given."""
+
+    def __init__(self, dtype: torch.dtype | None = None) -> None:
+        self.dtype = dtype
+        self._data: dict[tuple[int, str, str], torch.Tensor] = {}
+
+    def put(self, index: int, layer: str, name: str, value: torch.Tensor) -> None:
+        value = value.detach()
+        if self.dtype is not None:
+            value = value.to(self.dtype)
+        self._data[(index, layer, name)] = value
+
+    def get(self, index: int, layer: str, name: str) -> torch.Tensor:
+        try:
+            return self._data[(index, layer, name)]
+        except KeyError:
+            raise KeyError(f"no attention record {name!r} of {layer} at index {index}") from None
+
+    def indices(self) -> list[int]:
+        return sorted({index for index, _, _ in self._data})
+
+    def nbytes(self, index: int | None = None) -> int:
+        return sum(
+            t.numel() * t.element_size()
+            for (i, _, _), t in self._data.items()
+            if index is None or i == index
+        )

@@ -1,0 +1,273 @@
+"""Typed config schemas (registered in Hydra's ConfigStore) and the cross-field checks that run
+before any model loads."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import II, MISSING, DictConfig, OmegaConf
+
+from i2vedit.errors import InputError
+from i2vedit.models.svd import check_model_path
+
+
+@dataclass
+class DataConfig:
+    video_path: str | None = None  #: video file or image folder; None with no keyframes: the demo
+    keyframe_paths: list[str] | None = None  #: edited first frames, one output video each
+    sample_fps: float = 7.0
+    start_t: float = 0.0
+    end_t: float | None = None  #: None: the end of the video
+    chunk_size: int = II("model.num_frames")
+    overlay_size: int = 1
+    begin_clip_id: int = 0
+    end_clip_id: int | None = None  #: last clip, inclusive; None: begin_clip_id
+    output_res: list[int] = field(
+        default_factory=lambda: ["${model.resolution[0]}", "${model.resolution[1]}"]
+    )
+    pad_to_fit: bool = False
+    output_fps: float | None = None  #: None: sample_fps
+    folder_fps: float = 30.0  #: frame rate of an image-folder video
+
+
+@dataclass
+class ModelConfig:
+    kind: str = "tiny"  #: tiny (seeded random SVD) or pretrained (a diffusers folder / hub id)
+    path: str | None = None
+    variant: str | None = None  #: e.g. fp16, for hub folders that ship such weights
+    seed: int = 0  #: weights seed of the tiny model
+    num_frames: int = 8
+    resolution: list[int] = field(default_factory=lambda: [32, 48])  #: (height, width)
+    decode_chunk_size: int = 8
+
+
+@dataclass
+class ConditioningConfig:
+    fps: int = 7
+    motion_bucket_id: int = 127
+    noise_aug_strength: float = 0.02
+    min_guidance_scale: float = 1.0
+    max_guidance_scale: float = 2.0
+
+
+@dataclass
+class SarpConfig:
+    enabled: bool = True
+    noise_scale: float = 0.005
+    threshold: float = 0.001
+
+
+@dataclass
+class InversionConfig:
+    method: str = "edm"  #: edm, or none (start from seeded Gaussian noise)
+
+
+@dataclass
+class EditParams:
+    """Per-edit overrides; unset fields take the attention_matching defaults."""
+
+    beta: list[float] | None = None
+    mask_thr: list[float] | None = None
+
+
+@dataclass
+class AttentionMatchingConfig:
+    enabled: bool = True
+    beta: list[float] = field(default_factory=lambda: [0.5, 0.8])  #: temporal_step_thr
+    mask_thr: list[float] = field(default_factory=lambda: [0.35, 0.35])  #: first, last frame
+    spatial_self_replace_steps: float = 1.0
+    temporal_self_replace_steps: float = 1.0
+    spatial_attention_chunk_size: int = 1  #: frames blended at once
+    pairing: str = "reference"  #: reference (record at sigma_{t+1}) or exact (at sigma_t)
+    store: str = "memory"
+    per_edit: list[EditParams] = field(default_factory=list)  #: one entry per keyframe, in order
+
+
+@dataclass
+class PathsConfig:
+    cache_dir: str = "${oc.env:I2VEDIT_CACHE_DIR,'~/.cache/i2vedit'}"
+
+
+@dataclass
+class EditConfig:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    conditioning: ConditioningConfig = field(default_factory=ConditioningConfig)
+    sarp: SarpConfig = field(default_factory=SarpConfig)
+    inversion: InversionConfig = field(default_factory=InversionConfig)
+    attention_matching: AttentionMatchingConfig = field(default_factory=AttentionMatchingConfig)
+    paths: PathsConfig = field(default_factory=PathsConfig)
+    num_steps: int = 25
+    seed: int = 42
+    device: str = "auto"
+    dtype: str = "auto"
+    output_dir: str = MISSING
+
+
+def register_configs() -> None:
+    """Register the schemas the YAML files in conf/ build on."""
+    cs = ConfigStore.instance()
+    cs.store(name="edit_schema", node=EditConfig)
+
+
+# --------------------------------------------------------------------------- checks
+
+
+def _pair(
+    cfg: Any, key: str, lo: float = 0.0, hi: float = 1.0, ordered: bool = False
+) -> tuple[float, float]:
+    value = OmegaConf.select(cfg, key) if isinstance(cfg, DictConfig) else cfg
+    shown = list(value) if value is not None else value
+    if value is None or len(value) != 2:
+        raise InputError(key, shown, "expected two numbers [first, second]")
+    a, b = (float(v) for v in value)
+    if not (lo <= a <= hi and lo <= b <= hi) or any(math.isnan(x) for x in (a, b)):
+        raise InputError(key, shown, f"values must lie in [{lo:g}, {hi:g}]")
+    if ordered and a > b:
+        raise InputError(key, shown, "expected first <= second")
+    return a, b
+
+
+def _positive(cfg: DictConfig, key: str) -> None:
+    value = OmegaConf.select(cfg, key)
+    if value is None or not value > 0:
+        raise InputError(key, value, "must be > 0")
+
+
+def is_demo(cfg: DictConfig) -> bool:
+    """No video and no keyframes given: run the embedded demo item."""
+    return cfg.data.video_path is None and cfg.data.keyframe_paths is None
+
+
+def _existing_file(key: str, path: str) -> None:
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise InputError(key, path, "file not found")
+
+
+def validate_edit_config(cfg: DictConfig) -> None:
+    """Every check that needs no decoding and no model: raises InputError naming key and value."""
+    data, am = cfg.data, cfg.attention_matching
+    if cfg.model.kind not in ("tiny", "pretrained"):
+        raise InputError("model.kind", cfg.model.kind, "expected tiny or pretrained")
+    if cfg.inversion.method not in ("edm", "none"):
+        raise InputError("inversion.method", cfg.inversion.method, "expected edm or none")
+    if am.pairing not in ("reference", "exact"):
+        raise InputError("attention_matching.pairing", am.pairing, "expected reference or exact")
+    if am.store != "memory":
+        raise InputError("attention_matching.store", am.store, "expected memory")
+    if am.enabled and cfg.inversion.method != "edm":
+        raise InputError(
+            "attention_matching.enabled",
+            True,
+            "attention matching needs inversion=edm (inversion.method=none)",
+        )
+    if not cfg.num_steps >= 2:
+        raise InputError("num_steps", cfg.num_steps, "must be >= 2")
+    for key in (
+        "data.sample_fps",
+        "data.folder_fps",
+        "conditioning.fps",
+        "model.decode_chunk_size",
+    ):
+        _positive(cfg, key)
+    if data.output_fps is not None:
+        _positive(cfg, "data.output_fps")
+    if data.start_t < 0:
+        raise InputError("data.start_t", data.start_t, "must be >= 0")
+    if data.end_t is not None and data.end_t <= data.start_t:
+        raise InputError("data.end_t", data.end_t, f"must be > data.start_t={data.start_t}")
+    if data.chunk_size < 2:
+        raise InputError("data.chunk_size", data.chunk_size, "must be >= 2")
+    if not 0 <= data.overlay_size < data.chunk_size:
+        raise InputError(
+            "data.overlay_size",
+            data.overlay_size,
+            f"must be in [0, data.chunk_size={data.chunk_size})",
+        )
+    if data.chunk_size != cfg.model.num_frames:
+        raise InputError(
+            "data.chunk_size",
+            data.chunk_size,
+            f"must equal the model's frame count model.num_frames={cfg.model.num_frames}",
+        )
+    if data.begin_clip_id < 0:
+        raise InputError("data.begin_clip_id", data.begin_clip_id, "must be >= 0")
+    if data.end_clip_id is not None and data.end_clip_id != data.begin_clip_id:
+        raise InputError(
+            "data.end_clip_id",
+            data.end_clip_id,
+            f"one clip per run for now: pick it with data.begin_clip_id (end_clip_id = {data.begin_clip_id})",
+        )
+    res = list(data.output_res)
+    if len(res) != 2 or any(int(v) <= 0 or int(v) % 8 for v in res):
+        raise InputError(
+            "data.output_res", res, "expected [height, width], positive multiples of 8"
+        )
+    if not 0 <= cfg.conditioning.noise_aug_strength <= 1:
+        raise InputError(
+            "conditioning.noise_aug_strength",
+            cfg.conditioning.noise_aug_strength,
+            "must lie in [0, 1]",
+        )
+    if cfg.sarp.enabled:
+        if not cfg.sarp.noise_scale >= 0:
+            raise InputError("sarp.noise_scale", cfg.sarp.noise_scale, "must be >= 0")
+        if not cfg.sarp.threshold >= 0:
+            raise InputError("sarp.threshold", cfg.sarp.threshold, "must be >= 0")
+    _pair(cfg, "attention_matching.beta", ordered=True)
+    _pair(cfg, "attention_matching.mask_thr")
+    for key in (
+        "attention_matching.spatial_self_replace_steps",
+        "attention_matching.temporal_self_replace_steps",
+    ):
+        value = OmegaConf.select(cfg, key)
+        if not 0 <= value <= 1:
+            raise InputError(key, value, "must lie in [0, 1]")
+    if am.spatial_attention_chunk_size < 1:
+        raise InputError(
+            "attention_matching.spatial_attention_chunk_size",
+            am.spatial_attention_chunk_size,
+            "must be >= 1",
+        )
+
+    if cfg.model.kind == "pretrained":
+        check_model_path(cfg.model.path or "")
+    if is_demo(cfg):
+        num_keyframes = 1  # the embedded demo item: one source video, one edited first frame
+    else:
+        if data.video_path is None:
+            raise InputError(
+                "data.video_path", None, "give the source video (file or image folder)"
+            )
+        _existing_file("data.video_path", data.video_path)
+        keyframes = list(data.keyframe_paths or [])
+        if not keyframes:
+            raise InputError(
+                "data.keyframe_paths", data.keyframe_paths, "give at least one edited first frame"
+            )
+        for path in keyframes:
+            _existing_file("data.keyframe_paths", path)
+        stems = [Path(p).stem for p in keyframes]
+        if len(set(stems)) != len(stems):
+            raise InputError(
+                "data.keyframe_paths",
+                keyframes,
+                "keyframe file names must differ (outputs are named after them)",
+            )
+        num_keyframes = len(keyframes)
+    if len(am.per_edit) > num_keyframes:
+        raise InputError(
+            "attention_matching.per_edit",
+            len(am.per_edit),
+            f"more per-edit parameter sets than keyframes ({num_keyframes})",
+        )
+    for i, params in enumerate(am.per_edit):
+        if params.beta is not None:
+            _pair(params.beta, f"attention_matching.per_edit[{i}].beta", ordered=True)
+        if params.mask_thr is not None:
+            _pair(params.mask_thr, f"attention_matching.per_edit[{i}].mask_thr")

@@ -1,0 +1,51 @@
+"""EDM Euler inversion: the sampling ODE run backwards from the clean latents to sigma_max."""
+
+from __future__ import annotations
+
+import torch
+
+from i2vedit.attention.control import AttentionController
+from i2vedit.sampling.edm import Condition, denoise, euler_step, init_noise_sigma
+from i2vedit.sampling.sampler import StepCallback
+
+
+def inversion_sigmas(sigmas: torch.Tensor) -> torch.Tensor:
+    """The sampling schedule reversed, with its final 0 replaced by
+    ``sigma_{N-1}^2 / sigma_{N-2}``: ``s_0 < s_1 = sigma_{N-1} < ... < s_N = sigma_0``."""
+    descending = sigmas[:-1]
+    first = descending[-1] ** 2 / descending[-2]
+    return torch.cat([first.view(1), descending.flip(0)])
+
+
+@torch.no_grad()
+def edm_invert(
+    unet: torch.nn.Module,
+    latents: torch.Tensor,
+    cond: Condition,
+    sigmas: torch.Tensor,
+    controller: AttentionController | None = None,
+    extra_record: bool = False,
+    on_step: StepCallback | None = None,
+) -> torch.Tensor:
+    """Invert clean ``latents`` (1, F, C, h, w) with the unguided condition ``cond``.
+
+    Step i evaluates the UNet at ``s_i`` (the controller records at index i). With
+    ``extra_record`` one more evaluation at ``s_N = sigma_max`` records attention there too
+    (for exact pairing). Returns latents at unit scale, ready to sample from.
+    """
+    s = inversion_sigmas(sigmas)
+    x = latents.float()
+    steps = len(s) - 1
+    for i in range(steps):
+        if controller is not None:
+            controller.step = i
+            controller.guided = False
+        denoised = denoise(unet, x, s[i], cond)
+        x = euler_step(x, denoised, s[i], s[i + 1])
+        if on_step is not None:
+            on_step(i)
+    if extra_record and controller is not None:
+        controller.step = steps
+        controller.guided = False
+        denoise(unet, x, s[steps], cond)
+    return x / init_noise_sigma(s[steps])

@@ -1,0 +1,45 @@
+"""Device and dtype resolution from config (``auto``: the accelerator if present)."""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+
+from i2vedit.errors import InputError
+
+log = logging.getLogger(__name__)
+
+_DTYPES = {
+    "fp32": torch.float32,
+    "float32": torch.float32,
+    "fp16": torch.float16,
+    "float16": torch.float16,
+    "bf16": torch.bfloat16,
+    "bfloat16": torch.bfloat16,
+}
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` picks the current accelerator (CUDA, XPU, MPS, ...) when there is one, else CPU."""
+    if name == "auto":
+        accelerator = torch.accelerator.current_accelerator(check_available=True)
+        return accelerator if accelerator is not None else torch.device("cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as err:
+        raise InputError("device", name, f"not a torch device ({err})") from None
+    return device
+
+
+def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    """``auto``: bf16 on an accelerator that supports it, fp16 on other accelerators, fp32 on CPU."""
+    if name == "auto":
+        if device.type == "cpu":
+            return torch.float32
+        backend = getattr(torch, device.type, None)
+        bf16_check = getattr(backend, "is_bf16_supported", None)
+        return torch.bfloat16 if bf16_check is None or bf16_check() else torch.float16
+    if name not in _DTYPES:
+        raise InputError("dtype", name, f"expected auto or one of {sorted(set(_DTYPES))}")
+    return _DTYPES[name]

@@ -1,0 +1,36 @@
+"""The guided Euler sampler of SVD, with an optional attention controller."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from i2vedit.attention.control import AttentionController
+from i2vedit.sampling.edm import Condition, denoise, euler_step, init_noise_sigma
+
+StepCallback = Callable[[int], None]
+
+
+@torch.no_grad()
+def sample(
+    unet: torch.nn.Module,
+    latents: torch.Tensor,
+    cond: Condition,
+    sigmas: torch.Tensor,
+    guidance: torch.Tensor | None,
+    controller: AttentionController | None = None,
+    on_step: StepCallback | None = None,
+) -> torch.Tensor:
+    """Euler sampling from ``latents`` (unit scale, as the pipeline's ``latents=``) down the
+    schedule ``sigmas`` (N+1 values ending at 0). Returns the clean latents (1, F, C, h, w)."""
+    x = latents.float() * init_noise_sigma(sigmas[0])
+    for t in range(len(sigmas) - 1):
+        if controller is not None:
+            controller.step = t
+            controller.guided = cond.guided
+        denoised = denoise(unet, x, sigmas[t], cond, guidance)
+        x = euler_step(x, denoised, sigmas[t], sigmas[t + 1])
+        if on_step is not None:
+            on_step(t)
+    return x
