@@ -389,7 +389,7 @@ def sample_video(
     if end_t is None:
         end = info.duration
     elif end > info.duration + _TIME_EPS:
-        logger.info(
+        logger.debug(
             "end_t=%g is past the end of the video (%.2f s); sampling up to the end",
             end,
             info.duration,
@@ -507,7 +507,7 @@ def clip_ranges(
     ranges = [range(k * stride, k * stride + chunk_size) for k in range(count)]
     unused = num_frames - ranges[-1].stop
     if unused:
-        logger.info(
+        logger.debug(
             "%d trailing sampled frame(s) do not fill a clip of %d and are not edited",
             unused,
             chunk_size,

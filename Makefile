@@ -1,0 +1,37 @@
+# i2vedit: `make demo` and `make test` each set the project up first (one command on a fresh machine).
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: setup demo test test-all lint format bench clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	touch $(STAMP)
+
+demo: setup  ## edit the embedded demo item (model=tiny) into outputs/
+	$(BIN)/i2vedit-edit
+
+lint: setup
+	$(BIN)/ruff check src tests experiments
+	$(BIN)/ruff format --check src tests experiments
+
+format: setup
+	$(BIN)/ruff check --fix src tests experiments
+	$(BIN)/ruff format src tests experiments
+
+test: lint  ## the fast tier (what CI runs)
+	$(BIN)/pytest -q -m "not slow and not gpu"
+
+test-all: lint
+	$(BIN)/pytest -q
+
+bench: setup
+	$(BIN)/python experiments/bench_edit.py --model tiny --section "Tiny model, CPU"
+
+clean:
+	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .ruff_cache

@@ -1,0 +1,123 @@
+"""``i2vedit-edit`` as a user runs it: a subprocess, exit codes, one-line errors, files written."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from i2vedit.data.video import read_video_frames
+
+EXE = shutil.which("i2vedit-edit", path=str(Path(sys.executable).parent))
+
+
+def _env(tmp_path: Path) -> dict[str, str]:
+    env = dict(os.environ)
+    env["I2VEDIT_CACHE_DIR"] = str(tmp_path / "cache")
+    env["COLUMNS"] = "80"
+    return env
+
+
+def test_demo_runs_and_writes_a_decodable_video(tmp_path):
+    out = tmp_path / "demo"
+    proc = subprocess.run(
+        [EXE, f"output_dir={out}", "num_steps=4"],
+        capture_output=True,
+        text=True,
+        env=_env(tmp_path),
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    video = read_video_frames(out / "demo_edit.mp4")
+    assert video.shape == (8, 96, 160, 3)  # model=tiny: 8 frames, at the demo's source size
+    assert read_video_frames(out / "source.mp4").shape == (8, 96, 160, 3)
+    assert (out / "config.yaml").is_file()
+    for name in ("demo_edit.mp4", "source.mp4", "config.yaml"):
+        assert f"wrote {out / name}" in proc.stderr
+    assert not list(Path.cwd().glob(".hydra"))
+
+
+def _bad_cases(source_video: Path, keyframe: Path, model_dir: Path) -> list[tuple[list[str], str]]:
+    return [
+        (["data.video_path=/nonexistent/video.mp4"], "data.video_path"),
+        ([f"data.video_path={keyframe.parent / 'notes.txt'}"], "data.video_path"),
+        (["data.keyframe_paths=[/nonexistent/edit.png]"], "data.keyframe_paths"),
+        ([f"data.keyframe_paths=[{keyframe.parent / 'broken.png'}]"], "data.keyframe_paths"),
+        (["data.start_t=50"], "data.start_t"),
+        (["data.end_t=0.3"], "data.end_t"),
+        (
+            ["+attention_matching.per_edit=[{beta:[0.4,0.5]},{beta:[0.5,0.8]}]"],
+            "attention_matching.per_edit",
+        ),
+        (["attention_matching.beta=[0.9,0.5]"], "attention_matching.beta"),
+        (["attention_matching.beta=[0.5,1.2]"], "attention_matching.beta"),
+        (["attention_matching.mask_thr=[1.1,0.3]"], "attention_matching.mask_thr"),
+        (["data.chunk_size=1"], "data.chunk_size"),
+        (["data.overlay_size=8"], "data.overlay_size"),
+        (["model=svd", f"model.path={model_dir}"], "model.path"),
+    ]
+
+
+def test_bad_input_exits_2_with_one_line(source_video, keyframe, tmp_path):
+    (keyframe.parent / "notes.txt").write_text("not a video")
+    (keyframe.parent / "broken.png").write_bytes(b"\x89PNG not really")
+    model_dir = tmp_path / "svd"
+    for part in ("unet", "image_encoder", "feature_extractor", "scheduler"):
+        (model_dir / part).mkdir(parents=True)
+    (model_dir / "unet" / "config.json").write_text("{}")
+    cases = _bad_cases(source_video, keyframe, model_dir)
+    procs = []
+    for i, (overrides, key) in enumerate(cases):
+        out = tmp_path / f"out{i}"
+        args = [
+            EXE,
+            f"data.video_path={source_video}",
+            f"data.keyframe_paths=[{keyframe}]",
+            "data.sample_fps=12",
+            f"output_dir={out}",
+            *overrides,
+        ]
+        procs.append(
+            (
+                key,
+                out,
+                subprocess.Popen(
+                    args,
+                    stderr=subprocess.PIPE,
+                    stdout=subprocess.PIPE,
+                    text=True,
+                    env=_env(tmp_path),
+                ),
+            )
+        )
+    for key, out, proc in procs:
+        stdout, stderr = proc.communicate(timeout=300)
+        assert proc.returncode == 2, (key, stderr)
+        lines = [line for line in stderr.splitlines() if line.strip()]
+        assert len(lines) == 1, (key, stderr)
+        assert lines[0].startswith(f"error: {key}="), (key, lines[0])
+        assert "Traceback" not in stderr
+        assert not out.exists(), key
+
+
+@pytest.mark.parametrize("override", ["attention_matching.beta=[0.4]", "data.sample_fps=-1"])
+def test_other_bad_values_exit_2(override, source_video, keyframe, tmp_path):
+    proc = subprocess.run(
+        [
+            EXE,
+            f"data.video_path={source_video}",
+            f"data.keyframe_paths=[{keyframe}]",
+            f"output_dir={tmp_path / 'o'}",
+            override,
+        ],
+        capture_output=True,
+        text=True,
+        env=_env(tmp_path),
+        timeout=300,
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1

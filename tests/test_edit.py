@@ -1,0 +1,133 @@
+"""The edit task in-process on the tiny model: outputs, per-edit parameters, processors, errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+import i2vedit.tasks.edit as edit_task
+from i2vedit.attention.control import AttentionMatcher
+from i2vedit.data.video import read_video_frames
+from i2vedit.errors import InputError
+from i2vedit.tasks.edit import run_edit
+from tests.conftest import compose_edit, moving_square_frames
+
+
+def test_edit_writes_one_video_per_keyframe_and_restores_processors(
+    tiny_model, edit_overrides, keyframe, tmp_path, monkeypatch
+):
+    second = tmp_path / "green.png"
+    frame = moving_square_frames(1)[0]
+    frame[14:30, 4:18] = (40, 200, 60)
+    Image.fromarray(frame).save(second)
+    overrides = [o for o in edit_overrides if not o.startswith("data.keyframe_paths")]
+    cfg = compose_edit(
+        [
+            *overrides,
+            f"data.keyframe_paths=[{keyframe},{second}]",
+            "+attention_matching.per_edit=[{beta:[0.4,0.5]}]",
+        ]
+    )
+    seen = []
+    original_init = AttentionMatcher.__init__
+
+    def spy(self, store, params):
+        seen.append(params)
+        original_init(self, store, params)
+
+    monkeypatch.setattr(AttentionMatcher, "__init__", spy)
+    before = dict(tiny_model.unet.attn_processors)
+    result = run_edit(cfg, model=tiny_model)
+    after = tiny_model.unet.attn_processors
+    assert all(after[k] is before[k] for k in before) and after.keys() == before.keys()
+
+    assert [p.name for p in result.edited] == ["blue.mp4", "green.mp4"]
+    assert [p.beta for p in seen] == [(0.4, 0.5), (0.5, 0.8)]  # per-edit override, then the default
+    assert [p.mask_thr for p in seen] == [(0.35, 0.35)] * 2
+    for path in result.edited:
+        video = read_video_frames(path)
+        assert video.shape == (8, 48, 64, 3)  # chunk_size frames at the source resolution
+    source = read_video_frames(result.source)
+    expected = torch.from_numpy(moving_square_frames()[:8]).float()
+    assert (source.float() - expected).abs().mean() < 4  # the sampled clip (H.264 is lossy)
+    assert "num_steps: 3" in result.config.read_text()
+    assert result.record_bytes_per_step > 0
+
+
+def test_edits_differ_by_keyframe_and_are_seeded(tiny_model, edit_overrides, tmp_path):
+    cfg = compose_edit([*edit_overrides, "attention_matching=off", "inversion=none", "sarp=off"])
+    a = read_video_frames(run_edit(cfg, model=tiny_model).edited[0])
+    cfg2 = compose_edit(
+        [
+            *edit_overrides[:-2],
+            f"output_dir={tmp_path / 'b'}",
+            "attention_matching=off",
+            "inversion=none",
+            "sarp=off",
+        ]
+    )
+    b = read_video_frames(run_edit(cfg2, model=tiny_model).edited[0])
+    assert torch.equal(a, b)
+
+
+BAD = [
+    ("data.video_path=/nonexistent/video.mp4", "data.video_path"),
+    ("data.keyframe_paths=[/nonexistent/edit.png]", "data.keyframe_paths"),
+    ("data.start_t=50", "data.start_t"),
+    ("data.end_t=0.3", "data.end_t"),  # 4 frames at 12 fps: no full clip
+    (
+        "+attention_matching.per_edit=[{beta:[0.4,0.5]},{beta:[0.5,0.8]}]",
+        "attention_matching.per_edit",
+    ),
+    ("attention_matching.beta=[0.8,0.5]", "attention_matching.beta"),
+    ("attention_matching.beta=[-0.1,0.5]", "attention_matching.beta"),
+    ("attention_matching.mask_thr=[0.2,1.5]", "attention_matching.mask_thr"),
+    (
+        "+attention_matching.per_edit=[{mask_thr:[0.2,-1]}]",
+        "attention_matching.per_edit[0].mask_thr",
+    ),
+    ("data.chunk_size=1", "data.chunk_size"),
+    ("data.overlay_size=8", "data.overlay_size"),
+    ("inversion=none", "attention_matching.enabled"),
+    ("num_steps=1", "num_steps"),
+]
+
+
+@pytest.mark.parametrize(("override", "key"), BAD)
+def test_bad_input_refused_before_model_load(override, key, edit_overrides, tmp_path, monkeypatch):
+    def no_model(*args, **kwargs):
+        raise AssertionError("a model was loaded for bad input")
+
+    monkeypatch.setattr(edit_task, "load_model", no_model)
+    cfg = compose_edit([*edit_overrides, override])
+    with pytest.raises(InputError) as err:
+        run_edit(cfg)
+    assert err.value.key == key
+    assert "\n" not in str(err.value)
+    assert not Path(cfg.output_dir).exists()
+
+
+def test_model_folder_missing_a_component(tiny_model, edit_overrides, tmp_path):
+    folder = tmp_path / "svd"
+    tiny_model.pipe.save_pretrained(folder)
+    cfg = compose_edit(
+        [
+            *edit_overrides,
+            "model=svd",
+            f"model.path={folder}",
+            "model.num_frames=8",
+            "model.resolution=[32,48]",
+        ]
+    )
+    result = run_edit(cfg)  # the complete folder loads through from_pretrained and runs
+    assert result.edited[0].is_file()
+    (folder / "vae" / "config.json").unlink()
+    cfg = compose_edit(
+        [*edit_overrides[:-2], f"output_dir={tmp_path / 'b'}", "model=svd", f"model.path={folder}"]
+    )
+    with pytest.raises(InputError, match="missing the 'vae' component") as err:
+        run_edit(cfg)
+    assert err.value.key == "model.path"

@@ -1,0 +1,100 @@
+"""Hand-computed checks of the attention ideas: masked blend, thresholds, temporal schedule."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from i2vedit.attention.layers import TEMPORAL, AttentionLayer, is_high_resolution, registered_layers
+from i2vedit.attention.matching import (
+    attention_probs,
+    blend_mask,
+    frame_thresholds,
+    masked_attention_blend,
+    temporal_uses_source,
+)
+
+
+def test_masked_blend_two_tokens():
+    # one frame, one head, two query tokens over two keys
+    p_src = torch.tensor([[[[0.9, 0.1], [0.5, 0.5]]]])
+    p_edit = torch.tensor([[[[0.1, 0.9], [0.45, 0.55]]]])
+    v = torch.tensor([[[[1.0, 0.0], [0.0, 1.0]]]])
+    # query 0: sum |P0 - P| = 0.8 + 0.8 = 1.6 -> M = 0.8 >= 0.5 -> 1 (the edit's own attention)
+    # query 1: sum |P0 - P| = 0.05 + 0.05 = 0.1 -> M = 0.05 < 0.5 stays 0.05
+    mask = blend_mask(p_src, p_edit, torch.tensor([0.5]))
+    assert torch.allclose(mask, torch.tensor([[1.0, 0.05]]))
+    out = masked_attention_blend(p_src, p_edit, v, torch.tensor([0.5]))
+    row1 = 0.95 * torch.tensor([0.5, 0.5]) + 0.05 * torch.tensor([0.45, 0.55])
+    expected = torch.stack([torch.tensor([0.1, 0.9]), row1])
+    assert torch.allclose(out[0, 0], expected, atol=1e-6)
+
+
+def test_blend_mask_averages_heads_and_clamps():
+    # two heads that disagree: mean over heads of |diff|, summed over keys, clamped to [0, 2] / 2
+    p_src = torch.tensor([[[[1.0, 0.0]], [[0.0, 1.0]]]])  # (frames 1, heads 2, q 1, k 2)
+    p_edit = torch.tensor([[[[0.0, 1.0]], [[0.0, 1.0]]]])
+    # head 0 differs by 2 in total, head 1 by 0 -> mean 1 -> M = 0.5; threshold 0.6 keeps 0.5
+    assert torch.allclose(blend_mask(p_src, p_edit, torch.tensor([0.6])), torch.tensor([[0.5]]))
+    # a threshold of 0.5 sets it to 1
+    assert torch.allclose(blend_mask(p_src, p_edit, torch.tensor([0.5])), torch.tensor([[1.0]]))
+
+
+def test_blend_with_identical_attention_is_plain_attention():
+    torch.manual_seed(0)
+    q, k, v = torch.randn(3, 2, 2, 5, 4).unbind(0)
+    p = attention_probs(q, k, 0.5)
+    out = masked_attention_blend(p, p, v, frame_thresholds((0.35, 0.35), 2))
+    ref = torch.nn.functional.scaled_dot_product_attention(q, k, v, scale=0.5)
+    assert torch.allclose(out, ref, atol=1e-5)
+
+
+def test_frame_thresholds_never_reach_the_last_value():
+    assert torch.allclose(frame_thresholds((0.2, 0.6), 4), torch.tensor([0.2, 0.3, 0.4, 0.5]))
+    assert torch.allclose(frame_thresholds((0.35, 0.35), 3), torch.full((3,), 0.35))
+
+
+def _svd_temporal_layers() -> list[AttentionLayer]:
+    # the SVD UNet: 6 temporal layers down, 1 mid, 9 up
+    down = [AttentionLayer(f"d{i}", "down", TEMPORAL, i) for i in range(6)]
+    up = [AttentionLayer(f"u{i}", "up", TEMPORAL, i) for i in range(9)]
+    return [*down, AttentionLayer("m", "mid", TEMPORAL, 0), *up]
+
+
+def test_high_resolution_layers_of_svd():
+    high = [layer.path for layer in _svd_temporal_layers() if is_high_resolution(layer)]
+    assert high == ["d0", "d1", "d2", "d3", "u2", "u3", "u4", "u5", "u6", "u7", "u8"]
+
+
+@pytest.mark.parametrize(
+    ("step", "expected_source"),
+    [
+        (0, "all"),  # before beta1 * N = 12.5: every layer takes the source's
+        (12, "all"),
+        (13, "low"),  # inside the window: only the low-resolution layers
+        (19, "low"),
+        (20, "none"),  # from beta2 * N = 20 on: none
+        (24, "none"),
+    ],
+)
+def test_temporal_schedule(step, expected_source):
+    layers = _svd_temporal_layers()
+    uses = {layer.path for layer in layers if temporal_uses_source(layer, step, 25, (0.5, 0.8))}
+    low = {layer.path for layer in layers if not is_high_resolution(layer)}
+    expected = {"all": {layer.path for layer in layers}, "low": low, "none": set()}[expected_source]
+    assert uses == expected
+    assert low == {"d4", "d5", "m", "u0", "u1"}
+
+
+def test_registered_layers_of_tiny_unet(tiny_model):
+    layers = registered_layers(tiny_model.unet)
+    assert [(lay.place, lay.kind, lay.index) for lay in layers if lay.kind == TEMPORAL] == [
+        ("down", TEMPORAL, 0),
+        ("down", TEMPORAL, 1),
+        ("mid", TEMPORAL, 0),
+        ("up", TEMPORAL, 0),
+        ("up", TEMPORAL, 1),
+        ("up", TEMPORAL, 2),
+    ]
+    assert len(layers) == 12
+    assert all(layer.path.endswith("attn1") for layer in layers)
