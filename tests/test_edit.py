@@ -131,3 +131,18 @@ def test_model_folder_missing_a_component(tiny_model, edit_overrides, tmp_path):
     with pytest.raises(InputError, match="missing the 'vae' component") as err:
         run_edit(cfg)
     assert err.value.key == "model.path"
+
+
+def test_pad_to_fit_writes_the_source_resolution(tiny_model, edit_overrides, monkeypatch):
+    plans = []
+    original = edit_task.ResolutionPlan.build
+
+    def spy(*args, **kwargs):
+        plans.append(original(*args, **kwargs))
+        return plans[-1]
+
+    monkeypatch.setattr(edit_task.ResolutionPlan, "build", spy)
+    cfg = compose_edit([*edit_overrides, "data.pad_to_fit=true", "attention_matching=off"])
+    result = run_edit(cfg, model=tiny_model)
+    assert plans[0].pad == (4, 4, 0, 0)  # 48x64 padded to 48x72, the 2:3 of 32x48
+    assert read_video_frames(result.edited[0]).shape == (8, 48, 64, 3)

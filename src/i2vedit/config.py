@@ -13,6 +13,7 @@ from omegaconf import II, MISSING, DictConfig, OmegaConf
 
 from i2vedit.errors import InputError
 from i2vedit.models.svd import check_model_path
+from i2vedit.sampling.edm import ConditioningParams
 
 
 @dataclass
@@ -43,15 +44,6 @@ class ModelConfig:
     num_frames: int = 8
     resolution: list[int] = field(default_factory=lambda: [32, 48])  #: (height, width)
     decode_chunk_size: int = 8
-
-
-@dataclass
-class ConditioningConfig:
-    fps: int = 7
-    motion_bucket_id: int = 127
-    noise_aug_strength: float = 0.02
-    min_guidance_scale: float = 1.0
-    max_guidance_scale: float = 2.0
 
 
 @dataclass
@@ -96,7 +88,7 @@ class PathsConfig:
 class EditConfig:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
-    conditioning: ConditioningConfig = field(default_factory=ConditioningConfig)
+    conditioning: ConditioningParams = field(default_factory=ConditioningParams)
     sarp: SarpConfig = field(default_factory=SarpConfig)
     inversion: InversionConfig = field(default_factory=InversionConfig)
     attention_matching: AttentionMatchingConfig = field(default_factory=AttentionMatchingConfig)

@@ -18,9 +18,10 @@ from diffusers.utils.torch_utils import randn_tensor
 CLIP_SIZE = (224, 224)
 
 
-@dataclass(frozen=True)
+@dataclass
 class ConditioningParams:
-    """The conditioning values, identical in inversion, training and sampling."""
+    """The conditioning values, identical in inversion, training and sampling (and the
+    schema of the ``conditioning`` config group)."""
 
     fps: int = 7  #: frame rate the model is told; its fps id is ``fps - 1``
     motion_bucket_id: int = 127
