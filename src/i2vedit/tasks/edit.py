@@ -163,6 +163,98 @@ def _generator(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
+@dataclass
+class SourceInversion:
+    """What stage 4 hands to stage 5."""
+
+    latents: torch.Tensor | None  #: inverted latents at unit scale; None with inversion=none
+    store: MemoryStore  #: attention records of the source (empty without matching)
+
+
+def _stopwatch(seconds: dict[str, float], name: str):
+    start = time.perf_counter()
+    return lambda: seconds.__setitem__(name, seconds.get(name, 0.0) + time.perf_counter() - start)
+
+
+def invert_source(
+    cfg: DictConfig,
+    model: LoadedModel,
+    clip: torch.Tensor,
+    sigmas: torch.Tensor,
+    seconds: dict[str, float],
+) -> SourceInversion:
+    """Stage 4: SARP, VAE encoding and EDM inversion of the clip (F, 3, h, w), recording the
+    source's attention when matching is on."""
+    am, store = cfg.attention_matching, MemoryStore(dtype=model.dtype)
+    if cfg.inversion.method == "none":
+        return SourceInversion(None, store)
+    done = _stopwatch(seconds, "sarp")
+    if cfg.sarp.enabled:
+        clip = sarp(clip, cfg.sarp.noise_scale, cfg.sarp.threshold, _generator(cfg.seed))
+    done()
+    done = _stopwatch(seconds, "inversion")
+    pipe = model.pipe
+    latents = encode_video(pipe, clip, cfg.model.decode_chunk_size)
+    params = ConditioningParams(**cfg.conditioning)
+    cond = encode_condition(pipe, clip[:1], params, len(clip), _generator(cfg.seed), guided=False)
+    recorder = AttentionRecorder(store) if am.enabled else AttentionController()
+    with (
+        controlled_attention(model.unet, recorder),
+        step_progress("inversion", cfg.num_steps) as advance,
+    ):
+        inverted = edm_invert(
+            model.unet,
+            latents,
+            cond,
+            sigmas,
+            recorder,
+            extra_record=am.pairing == "exact",
+            on_step=advance,
+        )
+    done()
+    if am.enabled:
+        log.info("attention records: %.1f MB per step", store.nbytes(0) / 1e6)
+    return SourceInversion(inverted, store)
+
+
+def edit_clip(
+    cfg: DictConfig,
+    model: LoadedModel,
+    image: torch.Tensor,
+    keyframe: Keyframe,
+    source: SourceInversion,
+    sigmas: torch.Tensor,
+    latent_shape: tuple[int, ...],
+) -> torch.Tensor:
+    """Stage 5: guided sampling of one edit (first frame ``image``, (1, 3, h, w)), from the
+    inverted latents and with the source's attention matched. Returns clean latents."""
+    am, pipe, n = cfg.attention_matching, model.pipe, cfg.num_steps
+    params = ConditioningParams(**cfg.conditioning)
+    num_frames = latent_shape[1]
+    cond = encode_condition(pipe, image, params, num_frames, _generator(cfg.seed), guided=True)
+    start = source.latents
+    if start is None:
+        start = torch.randn(latent_shape, generator=_generator(cfg.seed)).to(model.device)
+    controller = None
+    if am.enabled:
+        matching = MatchingParams(
+            num_steps=n,
+            beta=keyframe.beta,
+            mask_thr=keyframe.mask_thr,
+            spatial_steps=am.spatial_self_replace_steps,
+            temporal_steps=am.temporal_self_replace_steps,
+            frames_per_chunk=am.spatial_attention_chunk_size,
+            pairing=am.pairing,
+        )
+        controller = AttentionMatcher(source.store, matching)
+    with (
+        controlled_attention(model.unet, controller or AttentionController()),
+        step_progress(f"edit {keyframe.stem}", n) as advance,
+    ):
+        guidance = guidance_scales(params, num_frames)
+        return sample(model.unet, start, cond, sigmas, guidance, controller, on_step=advance)
+
+
 def run_edit(cfg: DictConfig, model: LoadedModel | None = None) -> EditResult:
     """Edit one clip of the source video once per keyframe; returns the paths written.
 
@@ -171,101 +263,46 @@ def run_edit(cfg: DictConfig, model: LoadedModel | None = None) -> EditResult:
     validate_edit_config(cfg)  # 1
     inputs = read_inputs(cfg)  # 2
     target_hw = (int(cfg.data.output_res[0]), int(cfg.data.output_res[1]))
-    source_hw = tuple(inputs.frames.shape[1:3])
-    plan = ResolutionPlan.build(source_hw, target_hw, cfg.data.pad_to_fit)
+    plan = ResolutionPlan.build(tuple(inputs.frames.shape[1:3]), target_hw, cfg.data.pad_to_fit)
     keyframe_plans = [
         ResolutionPlan.build(tuple(k.image.shape[:2]), target_hw, cfg.data.pad_to_fit)
         for k in inputs.keyframes
     ]
     seconds: dict[str, float] = {}
-    start = time.perf_counter()
+    done = _stopwatch(seconds, "load")
     model = model or _model(cfg)  # 3
-    seconds["load"] = time.perf_counter() - start
+    done()
 
     out_dir = Path(cfg.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     config_path = out_dir / CONFIG_NAME
     config_path.write_text(OmegaConf.to_yaml(cfg, resolve=True))
 
-    pipe, unet = model.pipe, model.unet
-    cond_params = ConditioningParams(**OmegaConf.to_container(cfg.conditioning))
-    num_frames, n = len(inputs.frames), cfg.num_steps
-    am = cfg.attention_matching
-    sigmas = karras_sigmas(pipe, n)
-    store = MemoryStore(dtype=model.dtype)
+    pipe = model.pipe
+    sigmas = karras_sigmas(pipe, cfg.num_steps)
+    scale = pipe.vae_scale_factor
+    latent_shape = (
+        1,
+        len(inputs.frames),
+        model.unet.config.out_channels,
+        target_hw[0] // scale,
+        target_hw[1] // scale,
+    )
+    edited = []
     with torch.inference_mode():
         clip = plan.forward(to_model_frames(inputs.frames)).to(model.device)
-        inverted = None
-        if cfg.inversion.method == "edm":  # 4
-            t0 = time.perf_counter()
-            if cfg.sarp.enabled:
-                clip = sarp(clip, cfg.sarp.noise_scale, cfg.sarp.threshold, _generator(cfg.seed))
-            seconds["sarp"] = time.perf_counter() - t0
-            t0 = time.perf_counter()
-            latents = encode_video(pipe, clip, cfg.model.decode_chunk_size)
-            source_cond = encode_condition(
-                pipe, clip[:1], cond_params, num_frames, _generator(cfg.seed), guided=False
-            )
-            recorder = AttentionRecorder(store) if am.enabled else AttentionController()
-            with controlled_attention(unet, recorder), step_progress("inversion", n) as advance:
-                inverted = edm_invert(
-                    unet,
-                    latents,
-                    source_cond,
-                    sigmas,
-                    recorder,
-                    extra_record=am.pairing == "exact",
-                    on_step=advance,
-                )
-            seconds["inversion"] = time.perf_counter() - t0
-            if am.enabled:
-                log.info("attention records: %.1f MB per step", store.nbytes(0) / 1e6)
-
-        edited = []
-        seconds["sampling"] = seconds["decode"] = 0.0
-        guidance = guidance_scales(cond_params, num_frames)
-        for keyframe, keyframe_plan in zip(inputs.keyframes, keyframe_plans, strict=True):  # 5
-            t0 = time.perf_counter()
+        source = invert_source(cfg, model, clip, sigmas, seconds)  # 4
+        for keyframe, keyframe_plan in zip(inputs.keyframes, keyframe_plans, strict=True):
+            done = _stopwatch(seconds, "sampling")
             image = keyframe_plan.forward(to_model_frames(keyframe.image[None])).to(model.device)
-            cond = encode_condition(
-                pipe, image, cond_params, num_frames, _generator(cfg.seed), guided=True
-            )
-            if inverted is None:
-                shape = (1, num_frames, unet.config.out_channels, *clip.shape[-2:])
-                shape = (
-                    *shape[:3],
-                    shape[3] // pipe.vae_scale_factor,
-                    shape[4] // pipe.vae_scale_factor,
-                )
-                start_latents = torch.randn(shape, generator=_generator(cfg.seed)).to(model.device)
-            else:
-                start_latents = inverted
-            controller = None
-            if am.enabled:
-                params = MatchingParams(
-                    num_steps=n,
-                    beta=keyframe.beta,
-                    mask_thr=keyframe.mask_thr,
-                    spatial_steps=am.spatial_self_replace_steps,
-                    temporal_steps=am.temporal_self_replace_steps,
-                    frames_per_chunk=am.spatial_attention_chunk_size,
-                    pairing=am.pairing,
-                )
-                controller = AttentionMatcher(store, params)
-            with (
-                controlled_attention(unet, controller or AttentionController()),
-                step_progress(f"edit {keyframe.stem}", n) as advance,
-            ):
-                result = sample(
-                    unet, start_latents, cond, sigmas, guidance, controller, on_step=advance
-                )
-            seconds["sampling"] += time.perf_counter() - t0
-            t0 = time.perf_counter()  # 6
-            frames = plan.inverse(decode_video(pipe, result, cfg.model.decode_chunk_size).cpu())
-            edited.append(
-                write_video(out_dir / f"{keyframe.stem}.mp4", to_uint8_frames(frames), inputs.fps)
-            )
-            seconds["decode"] += time.perf_counter() - t0
-            log.info("wrote %s", edited[-1])
-        source = write_video(out_dir / SOURCE_NAME, inputs.frames, inputs.fps)
-    return EditResult(out_dir, edited, source, config_path, seconds, store.nbytes(0))
+            latents = edit_clip(cfg, model, image, keyframe, source, sigmas, latent_shape)  # 5
+            done()
+            done = _stopwatch(seconds, "decode")  # 6
+            frames = decode_video(pipe, latents, cfg.model.decode_chunk_size).cpu()
+            path = out_dir / f"{keyframe.stem}.mp4"
+            edited.append(write_video(path, to_uint8_frames(plan.inverse(frames)), inputs.fps))
+            done()
+            log.info("wrote %s", path)
+        source_path = write_video(out_dir / SOURCE_NAME, inputs.frames, inputs.fps)
+    log.info("seconds per stage: %s", ", ".join(f"{k} {v:.2f}" for k, v in seconds.items()))
+    return EditResult(out_dir, edited, source_path, config_path, seconds, source.store.nbytes(0))
