@@ -75,7 +75,10 @@ from i2vedit.sampling.edm import (  # noqa: E402
 from i2vedit.sampling.sampler import sample  # noqa: E402
 
 log = logging.getLogger("bench_edit")
-console = Console()
+console = Console(width=None if sys.stdout.isatty() else 160)  # a log file gets wide tables
+
+#: torch.OutOfMemoryError is torch >= 2.5; without it no run is reported as out of memory.
+OutOfMemory = getattr(torch, "OutOfMemoryError", MemoryError)
 
 GB = 1e9
 MB = 1e6
@@ -330,7 +333,15 @@ class Meter:
             self._reset()
             log.info("stage: %s", name)
         start = time.perf_counter()
-        yield
+        try:
+            yield
+        except OutOfMemory:
+            if self.enabled:  # the table still shows how far it got and at what peak
+                seconds = time.perf_counter() - start
+                self.rows.append(
+                    StageRow(name, seconds, steps, self._peak(), None, "OUT OF MEMORY")
+                )
+            raise
         synchronize(self.device)
         seconds = time.perf_counter() - start
         if self.enabled:
@@ -390,13 +401,15 @@ def measured_records(store: MemoryStore, unet: torch.nn.Module, index: int) -> R
     """Bytes of the records at ``index``, spatial (Q and K) and temporal (probabilities)."""
     out = RecordBytes()
     for layer in registered_layers(unet):
-        if layer.kind == SPATIAL:
-            for name in ("q", "k"):
+        for name in ("q", "k") if layer.kind == SPATIAL else ("p",):
+            try:
                 t = store.get(index, layer.path, name)
+            except KeyError:  # a run stopped (out of memory) within this step
+                continue
+            if layer.kind == SPATIAL:
                 out.spatial += t.numel() * t.element_size()
-        else:
-            t = store.get(index, layer.path, "p")
-            out.temporal += t.numel() * t.element_size()
+            else:
+                out.temporal += t.numel() * t.element_size()
     if out.total != store.nbytes(index):
         held = store.nbytes(index)
         log.warning("records at %d: layers sum to %d B, store holds %d B", index, out.total, held)
@@ -444,12 +457,6 @@ def issue_formula_bytes(element_size: int, frames: int, h: int, w: int) -> float
 # --------------------------------------------------------------------------- the chain
 
 
-@dataclass
-class ChainResult:
-    store: MemoryStore
-    steps: int
-
-
 def run_chain(
     pipe: StableVideoDiffusionPipeline,
     device: torch.device,
@@ -460,14 +467,14 @@ def run_chain(
     seed: int,
     chunk: int,
     meter: Meter,
-) -> ChainResult:
-    """SARP, encode, condition, invert (recording), sample (matching), decode: run_edit's stages
-    on in-memory frames, with one keyframe."""
+    store: MemoryStore,
+) -> None:
+    """SARP, encode, condition, invert (recording into ``store``), sample (matching), decode:
+    run_edit's stages on in-memory frames, with one keyframe."""
     unet = pipe.unet
     num_frames = frames.shape[0]
     cond_params = ConditioningParams()
     sigmas = karras_sigmas(pipe, steps)
-    store = MemoryStore(dtype=dtype)
     with torch.inference_mode():
         clip = frames.to(device)
         image = keyframe.to(device)
@@ -500,7 +507,6 @@ def run_chain(
             decoded = decode_video(pipe, result, chunk).cpu()
     if not torch.isfinite(decoded).all():
         log.info("decoded frames hold non-finite values (random weights): timings still hold")
-    return ChainResult(store, steps)
 
 
 # --------------------------------------------------------------------------- reports
@@ -524,7 +530,7 @@ def cpu_name() -> str:
 
 def device_name(device: torch.device) -> str:
     if device.type in ("cpu", "meta"):
-        host = f"{cpu_name()}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads"
+        host = f"{cpu_name()}, {os.cpu_count()} cores, torch threads: {torch.get_num_threads()}"
         return host if device.type == "cpu" else f"meta device on {host}"
     fn = getattr(getattr(torch, device.type, None), "get_device_name", None)
     return fn(device) if fn is not None else str(device)
@@ -606,7 +612,8 @@ def run_benchmark(args: argparse.Namespace) -> tuple[str, list[str]]:
 
     if args.warmup:
         log.info("warm-up: the whole chain once at 2 steps (not timed)")
-        warm = run_chain(
+        warm = MemoryStore(dtype=dtype)
+        run_chain(
             pipe,
             device,
             dtype,
@@ -616,14 +623,22 @@ def run_benchmark(args: argparse.Namespace) -> tuple[str, list[str]]:
             args.seed,
             args.decode_chunk,
             Meter(device, False),
+            warm,
         )
         del warm
         empty_cache(device)
 
     meter = Meter(device)
-    result = run_chain(
-        pipe, device, dtype, frames, keyframe, steps, args.seed, args.decode_chunk, meter
-    )
+    store = MemoryStore(dtype=dtype)
+    failure = ""
+    try:
+        run_chain(
+            pipe, device, dtype, frames, keyframe, steps, args.seed, args.decode_chunk, meter, store
+        )
+    except OutOfMemory as err:
+        failure = f"out of memory in stage '{meter.rows[-1].name}': {str(err).splitlines()[0]}"
+        log.error("%s; reporting what was measured", failure)
+        empty_cache(device)
     peak_label, held_label = meter.memory_label
     header = ["stage", "seconds", "s / UNet step", peak_label, held_label, "notes"]
     rows = [
@@ -641,11 +656,11 @@ def run_benchmark(args: argparse.Namespace) -> tuple[str, list[str]]:
     rows.append(["total", f"{total:.3f}", "", "", "", f"model build {build_seconds:.1f} s"])
 
     unet = pipe.unet
-    per_step = measured_records(result.store, unet, 0)
-    indices = result.store.indices()
+    indices = store.indices()
+    per_step = measured_records(store, unet, 0) if indices else RecordBytes()
     all_steps = RecordBytes()
     for index in indices:
-        r = measured_records(result.store, unet, index)
+        r = measured_records(store, unet, index)
         all_steps.spatial += r.spatial
         all_steps.temporal += r.temporal
     h, w = latents_hw(pipe, height, width)
@@ -685,6 +700,7 @@ def run_benchmark(args: argparse.Namespace) -> tuple[str, list[str]]:
         f"keyframe, beta {BETA}, mask_thr {MASK_THR}, reference pairing; "
         f"warm-up {'2-step chain' if args.warmup else 'none'}",
         f"- Memory: {memory_note}",
+        *([f"- **Failed**: {failure}"] if failure else []),
         f"- Records are stored in {dtype_name(dtype)}; the architecture predicts "
         f"{fmt_size(analytic)} per step ({check} the store)",
     ]
@@ -842,8 +858,9 @@ def run_records_only(args: argparse.Namespace) -> tuple[str, list[str]]:
             f"{ISSUE_TEMPORAL_COEF} F) at {h}x{w}, F={num_frames}: {fmt_size(formula)} per step in "
             f"fp32 ({formula / GB * steps:.1f} GB for {steps} steps); measured here "
             f"{fmt_size(b32.total)} ({b32.total / 2**30:.3f} GiB) per step, "
-            f"{b32.total * steps / GB:.1f} GB for {steps} steps. The exact coefficients of this "
-            f"architecture are {a_spatial / (num_frames * h * w):.2f} and {exact_coef:.4f}",
+            f"{b32.total * steps / GB:.1f} GB for {steps} steps ({b32.total:,} B per step, "
+            f"exactly). The exact coefficients of this architecture are "
+            f"{a_spatial / (num_frames * h * w):.2f} and {exact_coef:.4f}",
             f"- In bf16/fp16, as this package stores them on an accelerator by default: "
             f"{fmt_size(b16.total)} per step, {b16.total * steps / GB:.1f} GB for {steps} steps",
         ]
@@ -871,6 +888,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--device", default="auto", help="auto: the accelerator if present")
     parser.add_argument("--dtype", default="auto", help="auto, fp32, fp16 or bf16")
     parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument(
+        "--threads",
+        type=int,
+        help="torch CPU threads (default: torch's choice); 1 is steadier on a shared machine",
+    )
     parser.add_argument("--decode-chunk", type=int, default=8, help="VAE frames per call")
     parser.add_argument(
         "--warmup",
@@ -904,6 +926,8 @@ def main(argv: list[str] | None = None) -> int:
         handlers=[RichHandler(console=Console(stderr=True), show_path=False)],
     )
     args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     default_section, body = run_records_only(args) if args.records_only else run_benchmark(args)
     if not args.no_write:
         write_section(args.out, args.section or default_section, body)

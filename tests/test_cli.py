@@ -19,6 +19,7 @@ def _env(tmp_path: Path) -> dict[str, str]:
     env = dict(os.environ)
     env["I2VEDIT_CACHE_DIR"] = str(tmp_path / "cache")
     env["COLUMNS"] = "80"
+    env["OMP_NUM_THREADS"] = "1"  # many runs at once on few cores
     return env
 
 
