@@ -25,3 +25,21 @@ def edit(cfg: DictConfig) -> None:
         raise SystemExit(EXIT_BAD_INPUT) from None
     for path in result.written:
         CONSOLE.print(f"wrote {path}", soft_wrap=True, markup=False, highlight=False)
+
+
+@hydra.main(version_base=None, config_path="pkg://i2vedit.conf", config_name="train")
+def train(cfg: DictConfig) -> None:
+    """``i2vedit-train``: train the motion LoRA of every selected clip."""
+    from i2vedit.tasks.train import run_train
+
+    setup_logging()
+    try:
+        result = run_train(cfg)
+    except InputError as err:
+        CONSOLE.print(f"error: {err}", soft_wrap=True, markup=False, highlight=False)
+        raise SystemExit(EXIT_BAD_INPUT) from None
+    for clip_id, folder in result.clip_dirs.items():
+        steps = ", ".join(str(s) for s in result.checkpoints[clip_id])
+        CONSOLE.print(
+            f"clip {clip_id}: {folder} (checkpoints {steps})", soft_wrap=True, markup=False
+        )

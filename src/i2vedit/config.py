@@ -43,6 +43,7 @@ class ModelConfig:
     seed: int = 0  #: weights seed of the tiny model
     num_frames: int = 8
     resolution: list[int] = field(default_factory=lambda: [32, 48])  #: (height, width)
+    train_resolution: list[int] = field(default_factory=lambda: [32, 48])  #: motion-LoRA training
     decode_chunk_size: int = 8
 
 
@@ -80,6 +81,41 @@ class AttentionMatchingConfig:
 
 
 @dataclass
+class LoraSchema:
+    """The motion LoRA: how it trains, and which checkpoint an edit loads."""
+
+    checkpoint: int | None = None  #: step of the checkpoint an edit loads; None: no LoRA
+    scale: float = 1.0
+    train_if_missing: bool = True  #: an edit trains a missing LoRA first (else: error)
+    rank: int = 32
+    alpha: float = 32.0
+    dropout: float = 0.1
+    lr: float = 5e-4
+    weight_decay: float = 1e-2
+    max_steps: int = 500
+    checkpoint_every: int = 50
+    accumulate_grad_batches: int = 1
+    gradient_checkpointing: bool = True
+    resolution: list[int] = field(
+        default_factory=lambda: ["${model.train_resolution[0]}", "${model.train_resolution[1]}"]
+    )
+    preview_every: int = 0  #: steps between validation previews (0: none)
+    preview_steps: int = 10  #: Euler steps of a preview
+
+
+@dataclass
+class TrainerSchema:
+    """Lightning Trainer settings: where and how training runs."""
+
+    accelerator: str = "auto"
+    devices: Any = 1
+    strategy: str = "auto"
+    num_nodes: int = 1
+    precision: str = "auto"  #: auto, 32, bf16-mixed or 16-mixed
+    log_every_n_steps: int = 1
+
+
+@dataclass
 class PathsConfig:
     cache_dir: str = "${oc.env:I2VEDIT_CACHE_DIR,'~/.cache/i2vedit'}"
 
@@ -92,6 +128,8 @@ class EditConfig:
     sarp: SarpConfig = field(default_factory=SarpConfig)
     inversion: InversionConfig = field(default_factory=InversionConfig)
     attention_matching: AttentionMatchingConfig = field(default_factory=AttentionMatchingConfig)
+    lora: LoraSchema = field(default_factory=LoraSchema)
+    trainer: TrainerSchema = field(default_factory=TrainerSchema)
     paths: PathsConfig = field(default_factory=PathsConfig)
     num_steps: int = 25
     seed: int = 42
@@ -100,10 +138,24 @@ class EditConfig:
     output_dir: str = MISSING
 
 
+@dataclass
+class TrainConfig:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    conditioning: ConditioningParams = field(default_factory=ConditioningParams)
+    lora: LoraSchema = field(default_factory=LoraSchema)
+    trainer: TrainerSchema = field(default_factory=TrainerSchema)
+    paths: PathsConfig = field(default_factory=PathsConfig)
+    seed: int = 42
+    device: str = "auto"
+    output_dir: str = MISSING
+
+
 def register_configs() -> None:
     """Register the schemas the YAML files in conf/ build on."""
     cs = ConfigStore.instance()
     cs.store(name="edit_schema", node=EditConfig)
+    cs.store(name="train_schema", node=TrainConfig)
 
 
 # --------------------------------------------------------------------------- checks
@@ -141,25 +193,11 @@ def _existing_file(key: str, path: str) -> None:
         raise InputError(key, path, "file not found")
 
 
-def validate_edit_config(cfg: DictConfig) -> None:
-    """Every check that needs no decoding and no model: raises InputError naming key and value."""
-    data, am = cfg.data, cfg.attention_matching
+def _validate_source(cfg: DictConfig, single_clip: bool) -> None:
+    """Checks shared by edit and train: model, conditioning, data (no decoding)."""
+    data = cfg.data
     if cfg.model.kind not in ("tiny", "pretrained"):
         raise InputError("model.kind", cfg.model.kind, "expected tiny or pretrained")
-    if cfg.inversion.method not in ("edm", "none"):
-        raise InputError("inversion.method", cfg.inversion.method, "expected edm or none")
-    if am.pairing not in ("reference", "exact"):
-        raise InputError("attention_matching.pairing", am.pairing, "expected reference or exact")
-    if am.store != "memory":
-        raise InputError("attention_matching.store", am.store, "expected memory")
-    if am.enabled and cfg.inversion.method != "edm":
-        raise InputError(
-            "attention_matching.enabled",
-            True,
-            "attention matching needs inversion=edm (inversion.method=none)",
-        )
-    if not cfg.num_steps >= 2:
-        raise InputError("num_steps", cfg.num_steps, "must be >= 2")
     for key in (
         "data.sample_fps",
         "data.folder_fps",
@@ -189,23 +227,93 @@ def validate_edit_config(cfg: DictConfig) -> None:
         )
     if data.begin_clip_id < 0:
         raise InputError("data.begin_clip_id", data.begin_clip_id, "must be >= 0")
-    if data.end_clip_id is not None and data.end_clip_id != data.begin_clip_id:
-        raise InputError(
-            "data.end_clip_id",
-            data.end_clip_id,
-            f"one clip per run for now: pick it with data.begin_clip_id (end_clip_id = {data.begin_clip_id})",
-        )
-    res = list(data.output_res)
-    if len(res) != 2 or any(int(v) <= 0 or int(v) % 8 for v in res):
-        raise InputError(
-            "data.output_res", res, "expected [height, width], positive multiples of 8"
-        )
+    if data.end_clip_id is not None:
+        if single_clip and data.end_clip_id != data.begin_clip_id:
+            raise InputError(
+                "data.end_clip_id",
+                data.end_clip_id,
+                "one clip per edit run for now: pick it with data.begin_clip_id "
+                f"(end_clip_id = {data.begin_clip_id})",
+            )
+        if data.end_clip_id < data.begin_clip_id:
+            raise InputError(
+                "data.end_clip_id",
+                data.end_clip_id,
+                f"must be >= data.begin_clip_id={data.begin_clip_id}",
+            )
+    _resolution(cfg, "data.output_res")
     if not 0 <= cfg.conditioning.noise_aug_strength <= 1:
         raise InputError(
             "conditioning.noise_aug_strength",
             cfg.conditioning.noise_aug_strength,
             "must lie in [0, 1]",
         )
+    if cfg.model.kind == "pretrained":
+        check_model_path(cfg.model.path or "")
+    if not is_demo(cfg):
+        if data.video_path is None:
+            raise InputError(
+                "data.video_path", None, "give the source video (file or image folder)"
+            )
+        _existing_file("data.video_path", data.video_path)
+
+
+def _resolution(cfg: DictConfig, key: str) -> None:
+    res = list(OmegaConf.select(cfg, key))
+    if len(res) != 2 or any(int(v) <= 0 or int(v) % 8 for v in res):
+        raise InputError(key, res, "expected [height, width], positive multiples of 8")
+
+
+def _validate_lora(cfg: DictConfig, training: bool) -> None:
+    lora = cfg.lora
+    for key in ("lora.rank", "lora.alpha", "lora.lr", "lora.max_steps", "lora.checkpoint_every"):
+        _positive(cfg, key)
+    if not 0 <= lora.dropout < 1:
+        raise InputError("lora.dropout", lora.dropout, "must lie in [0, 1)")
+    if lora.weight_decay < 0:
+        raise InputError("lora.weight_decay", lora.weight_decay, "must be >= 0")
+    if lora.accumulate_grad_batches < 1:
+        raise InputError(
+            "lora.accumulate_grad_batches", lora.accumulate_grad_batches, "must be >= 1"
+        )
+    if lora.preview_every < 0:
+        raise InputError("lora.preview_every", lora.preview_every, "must be >= 0")
+    if lora.preview_every and lora.preview_steps < 2:
+        raise InputError("lora.preview_steps", lora.preview_steps, "must be >= 2")
+    _resolution(cfg, "lora.resolution")
+    if cfg.trainer.precision not in ("auto", "32", "bf16-mixed", "16-mixed"):
+        raise InputError(
+            "trainer.precision", cfg.trainer.precision, "expected auto, 32, bf16-mixed or 16-mixed"
+        )
+    if lora.checkpoint is not None and lora.checkpoint <= 0:
+        raise InputError("lora.checkpoint", lora.checkpoint, "must be a positive step")
+
+
+def validate_train_config(cfg: DictConfig) -> None:
+    """Checks of ``i2vedit-train`` that need no decoding and no model."""
+    _validate_source(cfg, single_clip=False)
+    _validate_lora(cfg, training=True)
+    for path in cfg.data.keyframe_paths or []:
+        _existing_file("data.keyframe_paths", path)
+
+
+def validate_edit_config(cfg: DictConfig) -> None:
+    """Every check that needs no decoding and no model: raises InputError naming key and value."""
+    data, am = cfg.data, cfg.attention_matching
+    if cfg.inversion.method not in ("edm", "none"):
+        raise InputError("inversion.method", cfg.inversion.method, "expected edm or none")
+    if am.pairing not in ("reference", "exact"):
+        raise InputError("attention_matching.pairing", am.pairing, "expected reference or exact")
+    if am.store != "memory":
+        raise InputError("attention_matching.store", am.store, "expected memory")
+    if am.enabled and cfg.inversion.method != "edm":
+        raise InputError(
+            "attention_matching.enabled",
+            True,
+            "attention matching needs inversion=edm (inversion.method=none)",
+        )
+    if not cfg.num_steps >= 2:
+        raise InputError("num_steps", cfg.num_steps, "must be >= 2")
     if cfg.sarp.enabled:
         if not cfg.sarp.noise_scale >= 0:
             raise InputError("sarp.noise_scale", cfg.sarp.noise_scale, "must be >= 0")
@@ -226,17 +334,11 @@ def validate_edit_config(cfg: DictConfig) -> None:
             am.spatial_attention_chunk_size,
             "must be >= 1",
         )
-
-    if cfg.model.kind == "pretrained":
-        check_model_path(cfg.model.path or "")
+    _validate_source(cfg, single_clip=True)
+    _validate_lora(cfg, training=False)
     if is_demo(cfg):
         num_keyframes = 1  # the embedded demo item: one source video, one edited first frame
     else:
-        if data.video_path is None:
-            raise InputError(
-                "data.video_path", None, "give the source video (file or image folder)"
-            )
-        _existing_file("data.video_path", data.video_path)
         keyframes = list(data.keyframe_paths or [])
         if not keyframes:
             raise InputError(

@@ -29,6 +29,10 @@ def setup_logging(level: int = logging.INFO) -> None:
         handler.setFormatter(logging.Formatter("%(message)s"))
         root.addHandler(handler)
     root.setLevel(level)
+    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
+    logging.getLogger("lightning.fabric").setLevel(logging.WARNING)
+    if not CONSOLE.is_terminal:
+        CONSOLE.width = max(CONSOLE.width, 160)  # log files and pipes: keep a record on one line
 
 
 @contextlib.contextmanager

@@ -43,3 +43,23 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
     if name not in _DTYPES:
         raise InputError("dtype", name, f"expected auto or one of {sorted(set(_DTYPES))}")
     return _DTYPES[name]
+
+
+#: Lightning precision names and the dtype the frozen weights are kept in under each.
+PRECISION_DTYPES = {"32": torch.float32, "bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}
+
+
+def resolve_precision(name: str, device: torch.device) -> str:
+    """``auto``: the precision matching ``resolve_dtype("auto", device)``."""
+    if name == "auto":
+        return precision_of(resolve_dtype("auto", device))
+    if name not in PRECISION_DTYPES:
+        raise InputError(
+            "trainer.precision", name, f"expected auto or one of {list(PRECISION_DTYPES)}"
+        )
+    return name
+
+
+def precision_of(dtype: torch.dtype) -> str:
+    """The Lightning precision that trains over frozen weights of ``dtype``."""
+    return next(name for name, d in PRECISION_DTYPES.items() if d == dtype)

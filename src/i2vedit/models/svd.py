@@ -138,6 +138,13 @@ def check_model_path(path: str, key: str = "model.path") -> None:
             )
 
 
+def model_identity(kind: str, path: str | None, seed: int) -> str:
+    """What names the weights, known before loading: the tiny seed, a folder, or a hub id."""
+    if kind == "tiny":
+        return f"tiny-seed{seed}"
+    return str(Path(path).expanduser().resolve()) if _is_local(path) else path
+
+
 @dataclass
 class LoadedModel:
     """The SVD pipeline whose components a run uses, on its device and dtype."""
@@ -167,7 +174,6 @@ def load_model(
     """Load (or build) the SVD components once, frozen, in eval mode, on ``device``."""
     if kind == "tiny":
         pipe = build_tiny_pipeline(seed)
-        identity = f"tiny-seed{seed}"
     elif kind == "pretrained":
         check_model_path(path or "")
         log.info("loading SVD from %s", path)
@@ -176,7 +182,6 @@ def load_model(
             torch_dtype=dtype,
             variant=variant,
         )
-        identity = str(Path(path).expanduser().resolve()) if _is_local(path) else path
     else:
         raise InputError("model.kind", kind, "expected 'tiny' or 'pretrained'")
     pipe.set_progress_bar_config(disable=True)
@@ -188,7 +193,7 @@ def load_model(
         pipe.to(dtype=dtype)
     if dtype == torch.float16 and getattr(pipe.vae.config, "force_upcast", False):
         pipe.vae.to(dtype=torch.float32)  # the SVD VAE overflows in fp16
-    return LoadedModel(pipe=pipe, device=device, dtype=dtype, identity=identity)
+    return LoadedModel(pipe, device, dtype, model_identity(kind, path, seed))
 
 
 def describe(pipe: StableVideoDiffusionPipeline) -> str:

@@ -23,14 +23,14 @@ from i2vedit.attention.control import (
     controlled_attention,
 )
 from i2vedit.attention.store import MemoryStore
-from i2vedit.config import is_demo, validate_edit_config
-from i2vedit.data.demo import ensure_demo_assets
+from i2vedit.cache import write_manifest
+from i2vedit.config import validate_edit_config
 from i2vedit.data.resize import ResolutionPlan, to_model_frames, to_uint8_frames
-from i2vedit.data.video import clip_ranges, load_image, sample_video, select_clips, write_video
+from i2vedit.data.video import load_image, write_video
 from i2vedit.errors import InputError
 from i2vedit.inversion.edm import edm_invert
 from i2vedit.inversion.sarp import sarp
-from i2vedit.models.device import resolve_device, resolve_dtype
+from i2vedit.models.device import precision_of, resolve_device, resolve_dtype
 from i2vedit.models.svd import LoadedModel, load_model
 from i2vedit.progress import step_progress
 from i2vedit.sampling.edm import (
@@ -42,6 +42,9 @@ from i2vedit.sampling.edm import (
     karras_sigmas,
 )
 from i2vedit.sampling.sampler import sample
+from i2vedit.tasks.source import Clip, Source, lora_root, read_source
+from i2vedit.training.lora import load_lora, remove_lora
+from i2vedit.training.module import checkpoint_steps
 
 log = logging.getLogger(__name__)
 
@@ -65,12 +68,18 @@ class Keyframe:
 class EditInputs:
     """Everything read from disk and checked before a model loads."""
 
-    video_path: Path
-    frames: torch.Tensor  #: uint8 (F, H, W, 3): the clip's sampled source frames
-    times: list[float]
-    clip_id: int
+    source: Source
+    clip: Clip  #: the clip to edit: its sampled source frames
     keyframes: list[Keyframe]
     fps: float  #: output frame rate
+
+    @property
+    def frames(self) -> torch.Tensor:
+        return self.clip.frames
+
+    @property
+    def video_path(self) -> Path:
+        return self.source.video_path
 
 
 @dataclass
@@ -89,28 +98,11 @@ class EditResult:
 
 def read_inputs(cfg: DictConfig) -> EditInputs:
     """Decode and check the source video and keyframes (stage 2; no model needed)."""
-    data = cfg.data
-    if is_demo(cfg):
-        video_path, keyframe_path = ensure_demo_assets(cfg.paths.cache_dir)
-        keyframe_paths = [keyframe_path]
-    else:
-        video_path, keyframe_paths = Path(data.video_path), [Path(p) for p in data.keyframe_paths]
-    sampled = sample_video(
-        video_path, data.sample_fps, data.start_t, data.end_t, folder_fps=data.folder_fps
-    )
-    ranges = clip_ranges(
-        len(sampled.frames),
-        data.chunk_size,
-        data.overlay_size,
-        value=data.end_t,
-        context=f"between data.start_t={data.start_t} and data.end_t={data.end_t} "
-        f"at data.sample_fps={data.sample_fps}",
-    )
-    end = data.begin_clip_id if data.end_clip_id is None else data.end_clip_id
-    ((clip_id, frame_range),) = select_clips(ranges, data.begin_clip_id, end + 1)
+    source = read_source(cfg)
+    (clip,) = source.clips
     am = cfg.attention_matching
     keyframes = []
-    for i, path in enumerate(keyframe_paths):
+    for i, path in enumerate(source.keyframe_paths):
         own = am.per_edit[i] if i < len(am.per_edit) else None
         beta = own.beta if own is not None and own.beta is not None else am.beta
         mask_thr = own.mask_thr if own is not None and own.mask_thr is not None else am.mask_thr
@@ -129,34 +121,52 @@ def read_inputs(cfg: DictConfig) -> EditInputs:
                 str(keyframe.path),
                 f"'{SOURCE_NAME}' is the resampled source's name",
             )
-    frames = sampled.frames[frame_range.start : frame_range.stop]
-    times = sampled.times[frame_range.start : frame_range.stop]
-    log.info(
-        "clip %d: %d frames from %s, t = %.2f..%.2f s (%d sampled in all)",
-        clip_id,
-        len(frames),
-        video_path,
-        times[0],
-        times[-1],
-        len(sampled.frames),
-    )
-    return EditInputs(
-        video_path, frames, times, clip_id, keyframes, data.output_fps or data.sample_fps
-    )
+    return EditInputs(source, clip, keyframes, source.fps)
 
 
-def _model(cfg: DictConfig) -> LoadedModel:
-    device = resolve_device(cfg.device)
-    dtype = resolve_dtype(cfg.dtype, device)
-    log.info(
-        "model %s on %s (%s)",
-        cfg.model.kind if cfg.model.kind == "tiny" else cfg.model.path,
-        device,
-        dtype,
-    )
-    return load_model(
-        cfg.model.kind, cfg.model.path, cfg.model.seed, cfg.model.variant, device, dtype
-    )
+@dataclass
+class LoraPlan:
+    """Which motion-LoRA checkpoint the edit loads, and whether it must be trained first."""
+
+    clip_dir: Path
+    checkpoint: Path
+    train: bool
+    precision: str
+    inputs: dict
+
+
+def plan_lora(cfg: DictConfig, inputs: EditInputs, dtype: torch.dtype) -> LoraPlan | None:
+    """Find the requested checkpoint before any model loads; refuse what cannot exist."""
+    lora = cfg.lora
+    if lora.checkpoint is None:
+        return None
+    precision = precision_of(dtype)
+    root, key_inputs = lora_root(cfg, inputs.video_path, precision)
+    clip_dir = root / f"clip_{inputs.clip.clip_id}"
+    step = int(lora.checkpoint)
+    checkpoint = clip_dir / f"checkpoint-{step}"
+    existing = checkpoint_steps(clip_dir)
+    if step in existing:
+        return LoraPlan(clip_dir, checkpoint, False, precision, key_inputs)
+    trainable = step <= lora.max_steps and step % lora.checkpoint_every == 0
+    if lora.train_if_missing and trainable:
+        return LoraPlan(clip_dir, checkpoint, True, precision, key_inputs)
+    listed = ", ".join(f"checkpoint-{s}" for s in existing) or "none"
+    if lora.train_if_missing:
+        reason = (
+            f"training saves every lora.checkpoint_every={lora.checkpoint_every} steps up to "
+            f"lora.max_steps={lora.max_steps}, so {checkpoint} will never exist; existing: {listed}"
+        )
+    else:
+        reason = f"missing {checkpoint} (lora.train_if_missing=false); existing: {listed}"
+    raise InputError("lora.checkpoint", step, reason)
+
+
+def _model(cfg: DictConfig, device: torch.device, dtype: torch.dtype) -> LoadedModel:
+    name = "tiny" if cfg.model.kind == "tiny" else cfg.model.path
+    log.info("model %s on %s (%s)", name, device, dtype)
+    m = cfg.model
+    return load_model(m.kind, m.path, m.seed, m.variant, device, dtype)
 
 
 def _generator(seed: int) -> torch.Generator:
@@ -268,9 +278,13 @@ def run_edit(cfg: DictConfig, model: LoadedModel | None = None) -> EditResult:
         ResolutionPlan.build(tuple(k.image.shape[:2]), target_hw, cfg.data.pad_to_fit)
         for k in inputs.keyframes
     ]
+    device = model.device if model is not None else resolve_device(cfg.device)
+    dtype = model.dtype if model is not None else resolve_dtype(cfg.dtype, device)
+    lora_plan = plan_lora(cfg, inputs, dtype)
+    inputs.source.log_summary()
     seconds: dict[str, float] = {}
     done = _stopwatch(seconds, "load")
-    model = model or _model(cfg)  # 3
+    model = model or _model(cfg, device, dtype)  # 3
     done()
 
     out_dir = Path(cfg.output_dir)
@@ -288,21 +302,47 @@ def run_edit(cfg: DictConfig, model: LoadedModel | None = None) -> EditResult:
         target_hw[0] // scale,
         target_hw[1] // scale,
     )
+    if lora_plan is not None and lora_plan.train:
+        done = _stopwatch(seconds, "train")
+        from i2vedit.tasks.train import train_clip  # Lightning loads only when training
+
+        write_manifest(lora_plan.clip_dir.parent, "motion-lora", lora_plan.inputs)
+        first = inputs.keyframes[0].path
+        train_clip(
+            cfg,
+            model,
+            inputs.clip,
+            lora_plan.clip_dir,
+            lora_plan.precision,
+            out_dir / "train",
+            first,
+            inputs.fps,
+        )
+        done()
     edited = []
     with torch.inference_mode():
         clip = plan.forward(to_model_frames(inputs.frames)).to(model.device)
-        source = invert_source(cfg, model, clip, sigmas, seconds)  # 4
-        for keyframe, keyframe_plan in zip(inputs.keyframes, keyframe_plans, strict=True):
-            done = _stopwatch(seconds, "sampling")
-            image = keyframe_plan.forward(to_model_frames(keyframe.image[None])).to(model.device)
-            latents = edit_clip(cfg, model, image, keyframe, source, sigmas, latent_shape)  # 5
-            done()
-            done = _stopwatch(seconds, "decode")  # 6
-            frames = decode_video(pipe, latents, cfg.model.decode_chunk_size).cpu()
-            path = out_dir / f"{keyframe.stem}.mp4"
-            edited.append(write_video(path, to_uint8_frames(plan.inverse(frames)), inputs.fps))
-            done()
-            log.info("wrote %s", path)
+        source = invert_source(cfg, model, clip, sigmas, seconds)  # 4 (never with the LoRA)
+        if lora_plan is not None:
+            load_lora(model.unet, lora_plan.checkpoint, cfg.lora.scale)
+            log.info("motion LoRA: loaded %s (scale %g)", lora_plan.checkpoint, cfg.lora.scale)
+        try:
+            for keyframe, keyframe_plan in zip(inputs.keyframes, keyframe_plans, strict=True):
+                done = _stopwatch(seconds, "sampling")
+                image = keyframe_plan.forward(to_model_frames(keyframe.image[None])).to(
+                    model.device
+                )
+                latents = edit_clip(cfg, model, image, keyframe, source, sigmas, latent_shape)  # 5
+                done()
+                done = _stopwatch(seconds, "decode")  # 6
+                frames = decode_video(pipe, latents, cfg.model.decode_chunk_size).cpu()
+                path = out_dir / f"{keyframe.stem}.mp4"
+                edited.append(write_video(path, to_uint8_frames(plan.inverse(frames)), inputs.fps))
+                done()
+                log.info("wrote %s", path)
+        finally:
+            if lora_plan is not None:
+                remove_lora(model.unet)
         source_path = write_video(out_dir / SOURCE_NAME, inputs.frames, inputs.fps)
     log.info("seconds per stage: %s", ", ".join(f"{k} {v:.2f}" for k, v in seconds.items()))
     return EditResult(out_dir, edited, source_path, config_path, seconds, source.store.nbytes(0))

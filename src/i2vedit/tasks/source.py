@@ -1,0 +1,105 @@
+"""Reading the source: the demo item or the user's video, sampled and cut into the selected
+clips, and the cache folder of each clip's motion LoRA. No model is needed."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from i2vedit.cache import content_digest, key_of
+from i2vedit.config import is_demo
+from i2vedit.data.demo import ensure_demo_assets
+from i2vedit.data.video import clip_ranges, sample_video, select_clips
+from i2vedit.models.svd import model_identity
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Clip:
+    clip_id: int
+    frames: torch.Tensor  #: uint8 (F, H, W, 3) sampled source frames
+    times: list[float]  #: their source timestamps (s)
+
+
+@dataclass
+class Source:
+    video_path: Path
+    keyframe_paths: list[Path]
+    clips: list[Clip]  #: the selected clips, in order
+    fps: float  #: frame rate of written videos
+    num_sampled: int  #: frames sampled in all
+    num_clips: int  #: clips the sampled frames make in all
+
+    def log_summary(self) -> None:
+        """Say which frames each selected clip holds (once every check has passed)."""
+        for clip in self.clips:
+            log.info(
+                "clip %d: %d frames from %s, t = %.2f..%.2f s (%d sampled, %d clips in all)",
+                clip.clip_id,
+                len(clip.frames),
+                self.video_path,
+                clip.times[0],
+                clip.times[-1],
+                self.num_sampled,
+                self.num_clips,
+            )
+
+
+def read_source(cfg: DictConfig) -> Source:
+    """Decode and sample the source; select the clips from data.begin_clip_id to
+    data.end_clip_id (inclusive; None: the first one only)."""
+    data = cfg.data
+    if is_demo(cfg):
+        video_path, keyframe_path = ensure_demo_assets(cfg.paths.cache_dir)
+        keyframe_paths = [keyframe_path]
+    else:
+        video_path = Path(data.video_path)
+        keyframe_paths = [Path(p) for p in data.keyframe_paths or []]
+    sampled = sample_video(
+        video_path, data.sample_fps, data.start_t, data.end_t, folder_fps=data.folder_fps
+    )
+    ranges = clip_ranges(
+        len(sampled.frames),
+        data.chunk_size,
+        data.overlay_size,
+        value=data.end_t,
+        context=f"between data.start_t={data.start_t} and data.end_t={data.end_t} "
+        f"at data.sample_fps={data.sample_fps}",
+    )
+    end = data.begin_clip_id if data.end_clip_id is None else data.end_clip_id
+    clips = [
+        Clip(k, sampled.frames[r.start : r.stop], sampled.times[r.start : r.stop])
+        for k, r in select_clips(ranges, data.begin_clip_id, end + 1)
+    ]
+    fps = data.output_fps or data.sample_fps
+    return Source(video_path, keyframe_paths, clips, fps, len(sampled.frames), len(ranges))
+
+
+def lora_root(cfg: DictConfig, video_path: Path, precision: str) -> tuple[Path, dict]:
+    """The cache folder of an item's motion LoRAs (``<root>/clip_<k>/checkpoint-<step>/``) and
+    the inputs its key hashes: everything that changes the trained weights."""
+    data, lora = cfg.data, cfg.lora
+    inputs = {
+        "source": content_digest(video_path),
+        "sampling": {
+            k: data[k]
+            for k in ("sample_fps", "start_t", "end_t", "chunk_size", "overlay_size", "folder_fps")
+        },
+        "resolution": list(lora.resolution),
+        "pad_to_fit": data.pad_to_fit,
+        "model": model_identity(cfg.model.kind, cfg.model.path, cfg.model.seed),
+        "lora": {
+            k: lora[k]
+            for k in ("rank", "alpha", "dropout", "lr", "weight_decay", "accumulate_grad_batches")
+        },
+        "precision": precision,
+        "conditioning": OmegaConf.to_container(cfg.conditioning),
+        "seed": cfg.seed,
+    }
+    root = Path(cfg.paths.cache_dir).expanduser() / "lora" / f"{video_path.stem}-{key_of(inputs)}"
+    return root, inputs

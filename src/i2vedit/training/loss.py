@@ -1,0 +1,36 @@
+"""The EDM training objective of the motion LoRA."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+SIGMA_DATA = 0.5
+IMAGE_D = 64
+NOISE_D_LOW, NOISE_D_HIGH = 32, 64
+SIGMA_MIN, SIGMA_MAX = 0.002, 700.0
+
+
+def _logsnr_cosine_shifted(u: torch.Tensor, shift: float) -> torch.Tensor:
+    logsnr_min = -2 * math.log(SIGMA_MAX / SIGMA_DATA)
+    logsnr_max = -2 * math.log(SIGMA_MIN / SIGMA_DATA)
+    t_min = math.atan(math.exp(-0.5 * (logsnr_max - shift)))
+    t_max = math.atan(math.exp(-0.5 * (logsnr_min - shift)))
+    return -2 * torch.log(torch.tan(t_min + u * (t_max - t_min))) + shift
+
+
+def cosine_interpolated_sigma(u: torch.Tensor) -> torch.Tensor:
+    """Sigma of the "cosine interpolated" log-SNR distribution at uniform ``u`` in [0, 1]:
+    the shifted-cosine log-SNRs for noise_d 32 and 64, interpolated by ``u`` itself."""
+    u = u.double()
+    low = _logsnr_cosine_shifted(u, 2 * math.log(NOISE_D_LOW / IMAGE_D))
+    high = _logsnr_cosine_shifted(u, 2 * math.log(NOISE_D_HIGH / IMAGE_D))
+    logsnr = torch.lerp(low, high, u)
+    return (SIGMA_DATA * torch.exp(-logsnr / 2)).float()
+
+
+def edm_loss(denoised: torch.Tensor, clean: torch.Tensor, sigma: float) -> torch.Tensor:
+    """``mean((1 + sigma^2) / sigma^2 * (D(x; sigma) - z0)^2)``."""
+    weight = (1 + sigma**2) / sigma**2
+    return (weight * (denoised.float() - clean.float()) ** 2).mean()

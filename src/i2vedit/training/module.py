@@ -1,0 +1,158 @@
+"""Lightning pieces of motion-LoRA training: the module, a one-clip datamodule, the
+checkpoint callback that writes LoRA-only safetensors and a resumable trainer state."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import lightning as L
+import torch
+from peft import LoraConfig
+from torch.utils.data import DataLoader, Dataset
+
+from i2vedit.sampling.edm import Condition, denoise
+from i2vedit.training.lora import add_motion_lora, save_lora
+from i2vedit.training.loss import cosine_interpolated_sigma, edm_loss
+
+log = logging.getLogger(__name__)
+
+RESUME_NAME = "resume.ckpt"
+
+#: (micro-step, clean latents) -> (sigma, noise): what each training step draws.
+NoiseDraw = Callable[[int, torch.Tensor], tuple[float, torch.Tensor]]
+
+
+class CosineSigmaDraw:
+    """Sigma from the cosine-interpolated distribution and Gaussian noise, seeded per micro-step
+    (so a resumed run draws exactly what an uninterrupted one would)."""
+
+    def __init__(self, seed: int) -> None:
+        self.seed = seed
+
+    def __call__(self, step: int, latents: torch.Tensor) -> tuple[float, torch.Tensor]:
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + step)
+        sigma = cosine_interpolated_sigma(torch.rand((), generator=g)).item()
+        noise = torch.randn(latents.shape, generator=g).to(latents)
+        return sigma, noise
+
+
+class _RepeatedClip(Dataset):
+    def __init__(self, sample: dict[str, torch.Tensor], length: int) -> None:
+        self.sample, self.length = sample, length
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        return self.sample
+
+
+class OneClipDataModule(L.LightningDataModule):
+    """One clip, already encoded: its latents and its conditioning, served every step."""
+
+    def __init__(self, latents: torch.Tensor, cond: Condition, batches: int) -> None:
+        super().__init__()
+        self.sample = {
+            "latents": latents.detach(),
+            "embeddings": cond.embeddings.detach(),
+            "image_latents": cond.image_latents.detach(),
+            "time_ids": cond.time_ids.detach(),
+        }
+        self.batches = batches
+
+    def train_dataloader(self) -> DataLoader:
+        return DataLoader(_RepeatedClip(self.sample, self.batches), batch_size=None, num_workers=0)
+
+
+class MotionLoRAModule(L.LightningModule):
+    """Trains a LoRA on the temporal transformer blocks of the UNet with the EDM loss."""
+
+    def __init__(
+        self,
+        unet: torch.nn.Module,
+        lora_config: LoraConfig,
+        lr: float,
+        weight_decay: float,
+        seed: int,
+        gradient_checkpointing: bool = True,
+        draw: NoiseDraw | None = None,
+    ) -> None:
+        super().__init__()
+        self.unet = unet
+        self.lora_config = lora_config
+        self.lr, self.weight_decay, self.seed = lr, weight_decay, seed
+        self.draw = draw or CosineSigmaDraw(seed)
+        self.lora_params = add_motion_lora(unet, lora_config)
+        for param in self.lora_params:
+            param.data = param.data.float()  # fp32 master weights under mixed precision
+        if gradient_checkpointing:
+            unet.enable_gradient_checkpointing()
+        self.strict_loading = False  # checkpoints hold the LoRA only
+
+    def on_fit_start(self) -> None:
+        self.unet.train()  # LoRA dropout is active in train mode only
+
+    def micro_step(self, batch_idx: int) -> int:
+        accumulate = self.trainer.accumulate_grad_batches if self._trainer is not None else 1
+        return self.global_step * accumulate + batch_idx % accumulate
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        step = self.micro_step(batch_idx)
+        latents = batch["latents"]
+        sigma, noise = self.draw(step, latents)
+        torch.manual_seed(self.seed + step)  # LoRA dropout, reproducible across resumes
+        cond = Condition(
+            batch["embeddings"], batch["image_latents"], batch["time_ids"], guided=False
+        )
+        denoised = denoise(self.unet, latents + sigma * noise, sigma, cond)
+        loss = edm_loss(denoised, latents, sigma)
+        self.log("loss", loss, prog_bar=True, on_step=True, batch_size=1)
+        self.log("sigma", sigma, on_step=True, batch_size=1)
+        return loss
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.AdamW(self.lora_params, lr=self.lr, weight_decay=self.weight_decay)
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["state_dict"] = {
+            k: v for k, v in checkpoint["state_dict"].items() if "lora_" in k
+        }
+
+
+def checkpoint_steps(folder: Path) -> list[int]:
+    """Steps of the complete ``checkpoint-<step>`` folders under ``folder``, ascending."""
+    if not folder.is_dir():
+        return []
+    steps = []
+    for child in folder.iterdir():
+        name, _, step = child.name.partition("-")
+        if (
+            name == "checkpoint"
+            and step.isdigit()
+            and (child / "adapter_model.safetensors").is_file()
+        ):
+            steps.append(int(step))
+    return sorted(steps)
+
+
+class LoRACheckpoint(L.Callback):
+    """Every ``every`` optimizer steps: ``checkpoint-<step>/`` (LoRA weights + peft config) and
+    the resumable trainer state ``resume.ckpt``, both written atomically."""
+
+    def __init__(self, folder: Path, every: int) -> None:
+        self.folder, self.every, self.last = folder, every, -1
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
+        step = trainer.global_step
+        if step == self.last or step % self.every:
+            return
+        self.last = step
+        tmp = self.folder / f".{RESUME_NAME}.tmp"
+        trainer.save_checkpoint(tmp, weights_only=False)
+        if trainer.is_global_zero:
+            save_lora(module.unet, module.lora_config, self.folder / f"checkpoint-{step}")
+            os.replace(tmp, self.folder / RESUME_NAME)
+            log.info("saved %s", self.folder / f"checkpoint-{step}")
