@@ -122,3 +122,50 @@ def test_other_bad_values_exit_2(override, source_video, keyframe, tmp_path):
     )
     assert proc.returncode == 2, proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_train_then_edit_with_a_chosen_checkpoint(tmp_path):
+    env = _env(tmp_path)
+    lora = ["lora.max_steps=4", "lora.checkpoint_every=2", "lora.rank=4"]
+    train = subprocess.run(
+        [
+            shutil.which("i2vedit-train", path=str(Path(sys.executable).parent)),
+            f"output_dir={tmp_path / 'train'}",
+            *lora,
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    assert train.returncode == 0, train.stderr
+    (clip_dir,) = (tmp_path / "cache" / "lora").glob("demo-*/clip_0")
+    assert sorted(p.name for p in clip_dir.iterdir()) == ["checkpoint-2", "checkpoint-4"]
+    assert (tmp_path / "train" / "logs" / "clip_0" / "version_0" / "metrics.csv").is_file()
+
+    edit = subprocess.run(
+        [EXE, f"output_dir={tmp_path / 'edit'}", "num_steps=3", "lora.checkpoint=4", *lora],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    assert edit.returncode == 0, edit.stderr
+    assert f"motion LoRA: loaded {clip_dir / 'checkpoint-4'}" in edit.stderr
+    assert "training the motion LoRA" not in edit.stderr
+    assert (tmp_path / "edit" / "demo_edit.mp4").is_file()
+
+    missing = subprocess.run(
+        [EXE, f"output_dir={tmp_path / 'edit3'}", "lora.checkpoint=3", *lora],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    assert missing.returncode == 2
+    (line,) = missing.stderr.strip().splitlines()
+    assert (
+        line.startswith("error: lora.checkpoint=3:")
+        and "existing: checkpoint-2, checkpoint-4" in line
+    )
+    assert not (tmp_path / "edit3").exists()

@@ -146,3 +146,32 @@ def test_pad_to_fit_writes_the_source_resolution(tiny_model, edit_overrides, mon
     result = run_edit(cfg, model=tiny_model)
     assert plans[0].pad == (4, 4, 0, 0)  # 48x64 padded to 48x72, the 2:3 of 32x48
     assert read_video_frames(result.edited[0]).shape == (8, 48, 64, 3)
+
+
+def test_edit_trains_a_missing_lora_first_then_reuses_it(
+    tiny_model, edit_overrides, tmp_path, caplog
+):
+    lora = ["lora.checkpoint=2", "lora.max_steps=2", "lora.checkpoint_every=1", "lora.rank=4"]
+    cfg = compose_edit([*edit_overrides, *lora])
+    with caplog.at_level("INFO", logger="i2vedit"):
+        result = run_edit(cfg, model=tiny_model)
+    assert "training the motion LoRA of clip 0" in caplog.text
+    (checkpoint,) = (tmp_path / "cache" / "lora").glob("square-*/clip_0/checkpoint-2")
+    assert f"motion LoRA: loaded {checkpoint}" in caplog.text
+    assert result.edited[0].is_file()
+    assert not any("lora_" in n for n, _ in tiny_model.unet.named_parameters())
+    caplog.clear()
+    cfg = compose_edit(
+        [
+            *edit_overrides[:-2],
+            f"output_dir={tmp_path / 'again'}",
+            f"paths.cache_dir={tmp_path / 'cache'}",
+            *lora,
+        ]
+    )
+    with caplog.at_level("INFO", logger="i2vedit"):
+        run_edit(cfg, model=tiny_model)
+    assert "training the motion LoRA" not in caplog.text and "motion LoRA: loaded" in caplog.text
+    no_train = compose_edit([*edit_overrides, "lora.checkpoint=50", "lora.train_if_missing=false"])
+    with pytest.raises(InputError, match="missing .*checkpoint-50.*existing: none"):
+        run_edit(no_train, model=tiny_model)

@@ -24,15 +24,20 @@ CONSOLE = Console(stderr=True)
 def setup_logging(level: int = logging.INFO) -> None:
     """Rich log lines on stderr for the i2vedit loggers (idempotent)."""
     root = logging.getLogger("i2vedit")
-    if not any(isinstance(h, RichHandler) for h in root.handlers):
-        handler = RichHandler(console=CONSOLE, show_path=False, rich_tracebacks=False)
-        handler.setFormatter(logging.Formatter("%(message)s"))
+    if not any(getattr(h, "_i2vedit", False) for h in root.handlers):
+        if CONSOLE.is_terminal:
+            handler: logging.Handler = RichHandler(console=CONSOLE, show_path=False)
+            handler.setFormatter(logging.Formatter("%(message)s"))
+        else:  # pipes and log files: one unwrapped line per record
+            handler = logging.StreamHandler(CONSOLE.file)
+            handler.setFormatter(
+                logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S")
+            )
+        handler._i2vedit = True
         root.addHandler(handler)
     root.setLevel(level)
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
     logging.getLogger("lightning.fabric").setLevel(logging.WARNING)
-    if not CONSOLE.is_terminal:
-        CONSOLE.width = max(CONSOLE.width, 160)  # log files and pipes: keep a record on one line
 
 
 @contextlib.contextmanager

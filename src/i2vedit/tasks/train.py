@@ -48,6 +48,8 @@ from i2vedit.training.module import (
 log = logging.getLogger(__name__)
 # Lightning's own use of a torch API it has not caught up with; nothing a user can act on.
 warnings.filterwarnings("ignore", message=".*LeafSpec.*", category=DeprecationWarning)
+# Every item of the one-clip dataloader is the same clip: where a resumed run restarts it is moot.
+warnings.filterwarnings("ignore", message=".*dataloader is not resumable.*")
 
 
 @dataclass
@@ -168,7 +170,7 @@ def train_clip(
         precision=precision,
         max_steps=lora.max_steps,
         accumulate_grad_batches=lora.accumulate_grad_batches,
-        logger=CSVLogger(run_dir, name="logs", version=f"clip_{clip.clip_id}"),
+        logger=CSVLogger(run_dir / "logs", name=f"clip_{clip.clip_id}"),
         callbacks=[LoRACheckpoint(clip_dir, lora.checkpoint_every), *extra]
         + ([RichProgressBar()] if CONSOLE.is_terminal else []),
         enable_progress_bar=CONSOLE.is_terminal,

@@ -85,7 +85,9 @@ class MotionLoRAModule(L.LightningModule):
         self.lora_config = lora_config
         self.lr, self.weight_decay, self.seed = lr, weight_decay, seed
         self.draw = draw or CosineSigmaDraw(seed)
-        self.lora_params = add_motion_lora(unet, lora_config)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)  # the LoRA's initial weights depend on the seed alone
+            self.lora_params = add_motion_lora(unet, lora_config)
         for param in self.lora_params:
             param.data = param.data.float()  # fp32 master weights under mixed precision
         if gradient_checkpointing:

@@ -1,0 +1,181 @@
+"""Motion-LoRA training on the tiny SVD: the loss falls, only the LoRA moves, checkpoints round
+trip, and an interrupted run resumes to the same weights."""
+
+from __future__ import annotations
+
+import lightning as L
+import pytest
+import torch
+
+from i2vedit.models.svd import build_tiny_pipeline
+from i2vedit.sampling.edm import ConditioningParams, encode_condition, encode_video
+from i2vedit.tasks.source import Clip
+from i2vedit.tasks.train import train_clip
+from i2vedit.training.lora import (
+    load_lora,
+    lora_state_dict,
+    motion_lora_config,
+    remove_lora,
+    save_lora,
+    temporal_linear_layers,
+)
+from i2vedit.training.loss import cosine_interpolated_sigma, edm_loss
+from i2vedit.training.module import MotionLoRAModule, OneClipDataModule, checkpoint_steps
+from tests.conftest import compose_edit, moving_square_frames
+
+
+def test_cosine_interpolated_sigma_ends_and_middle():
+    sigma = cosine_interpolated_sigma(torch.tensor([0.0, 1.0]))
+    assert torch.allclose(sigma, torch.tensor([0.002, 700.0]), rtol=1e-4)
+    # at u = 0.5 the two shifted cosines are averaged: by hand, logsnr = 2 ln 2 - ln 2 / ... :
+    # shift_32 = 2 ln(1/2), shift_64 = 0; t(0.5) is the same angle for both up to the shift
+    u = torch.linspace(0, 1, 101)
+    assert torch.all(cosine_interpolated_sigma(u).diff() > 0)  # monotone in u
+
+
+def test_edm_loss_weight():
+    d, z = torch.ones(2, 2), torch.zeros(2, 2)
+    assert edm_loss(d, z, 2.0).item() == pytest.approx((1 + 4) / 4)
+
+
+class FixedDraw:
+    """Ten fixed (sigma, noise) pairs, cycled: steps k and k+10 see the same draw."""
+
+    def __init__(self, shape):
+        g = torch.Generator().manual_seed(11)
+        self.sigmas = [0.05, 0.1, 0.2, 0.35, 0.5, 0.8, 1.2, 2.0, 3.5, 6.0]
+        self.noise = [torch.randn(shape, generator=g) for _ in self.sigmas]
+
+    def __call__(self, step, latents):
+        return self.sigmas[step % 10], self.noise[step % 10].to(latents)
+
+
+class LossLog(L.Callback):
+    def __init__(self):
+        self.losses = []
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+        self.losses.append(float(outputs["loss"]))
+
+
+def _clip_tensors(pipe):
+    frames = (
+        torch.from_numpy(moving_square_frames(8, 32, 48)).permute(0, 3, 1, 2).float() / 127.5 - 1
+    )
+    with torch.no_grad():
+        latents = encode_video(pipe, frames)
+        cond = encode_condition(
+            pipe, frames[:1], ConditioningParams(), 8, torch.Generator().manual_seed(0), False
+        )
+    return latents, cond
+
+
+def _trainer(steps, callbacks=()):
+    return L.Trainer(
+        accelerator="cpu",
+        max_steps=steps,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=list(callbacks),
+    )
+
+
+@pytest.fixture(scope="module")
+def trained():
+    """60 steps of training on a synthetic clip with a fixed sigma/noise cycle."""
+    pipe = build_tiny_pipeline(0)
+    latents, cond = _clip_tensors(pipe)
+    base = {n: p.detach().clone() for n, p in pipe.unet.named_parameters()}
+    config = motion_lora_config(pipe.unet, rank=8, alpha=8, dropout=0.0)
+    module = MotionLoRAModule(pipe.unet, config, 2e-3, 1e-2, 0, False, FixedDraw(latents.shape))
+    lora_before = {k: v.clone() for k, v in lora_state_dict(pipe.unet).items()}
+    log = LossLog()
+    _trainer(60, [log]).fit(module, OneClipDataModule(latents, cond, 60))
+    pipe.unet.eval()
+    return pipe, module, config, base, lora_before, log.losses, latents, cond
+
+
+def test_loss_decreases(trained):
+    losses = trained[5]
+    assert len(losses) == 60
+    first, last = sum(losses[:10]) / 10, sum(losses[-10:]) / 10
+    assert last < first, (first, last)
+
+
+def test_only_lora_parameters_change(trained):
+    pipe, _, _, base, lora_before = trained[:5]
+    for name, param in pipe.unet.named_parameters():
+        if "lora_" in name:
+            continue
+        key = name.replace(".base_layer", "")
+        assert torch.equal(param, base[key]), name
+    after = lora_state_dict(pipe.unet)
+    assert after.keys() == lora_before.keys()
+    assert len(after) == 2 * len(temporal_linear_layers(build_tiny_pipeline(0).unet)) == 2 * 72
+    assert all(not torch.equal(after[k], lora_before[k]) for k in after)
+
+
+def _unet_out(unet, latents, cond):
+    x = torch.cat([latents, cond.image_latents], dim=2)
+    with torch.no_grad():
+        return unet(x, torch.tensor(0.3), cond.embeddings, cond.time_ids, return_dict=False)[0]
+
+
+def test_checkpoint_round_trip_and_scale_zero(trained, tmp_path):
+    pipe, module, config, _, _, _, latents, cond = trained
+    expected = _unet_out(pipe.unet, latents, cond)
+    folder = save_lora(pipe.unet, config, tmp_path / "checkpoint-60")
+    assert {p.name for p in folder.iterdir()} == {
+        "adapter_model.safetensors",
+        "adapter_config.json",
+    }
+    fresh = build_tiny_pipeline(0).unet.eval()
+    base_out = _unet_out(fresh, latents, cond)
+    load_lora(fresh, folder)
+    assert (_unet_out(fresh, latents, cond) - expected).abs().max() < 1e-5
+    remove_lora(fresh)
+    load_lora(fresh, folder, scale=0.0)
+    assert torch.allclose(_unet_out(fresh, latents, cond), base_out, atol=1e-6)
+    remove_lora(fresh)
+    assert torch.equal(_unet_out(fresh, latents, cond), base_out)
+    assert not (_unet_out(fresh, latents, cond) - expected).abs().max() < 1e-5
+
+
+class StopAfter(L.Callback):
+    def __init__(self, step):
+        self.step = step
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+        if trainer.global_step >= self.step:
+            trainer.should_stop = True
+
+
+def test_interrupted_training_resumes_to_the_same_weights(tiny_model, edit_overrides, tmp_path):
+    cfg = compose_edit(
+        [*edit_overrides, "lora.max_steps=4", "lora.checkpoint_every=1", "lora.rank=4"]
+    )
+    clip = Clip(0, torch.from_numpy(moving_square_frames(8)), [i / 12 for i in range(8)])
+    whole, parts = tmp_path / "whole", tmp_path / "parts"
+    assert train_clip(cfg, tiny_model, clip, whole, "32", tmp_path / "run") == [1, 2, 3, 4]
+    assert train_clip(
+        cfg, tiny_model, clip, parts, "32", tmp_path / "run", callbacks=[StopAfter(2)]
+    ) == [1, 2]
+    assert (parts / "resume.ckpt").is_file()
+    assert train_clip(cfg, tiny_model, clip, parts, "32", tmp_path / "run") == [1, 2, 3, 4]
+    assert not (parts / "resume.ckpt").exists()
+    for step in (2, 4):
+        a = load_file_dict(whole / f"checkpoint-{step}")
+        b = load_file_dict(parts / f"checkpoint-{step}")
+        assert a.keys() == b.keys()
+        assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-5
+    # the shared tiny UNet is back to its plain self
+    assert not any("lora_" in n for n, _ in tiny_model.unet.named_parameters())
+    assert checkpoint_steps(whole) == [1, 2, 3, 4]
+
+
+def load_file_dict(folder):
+    from safetensors.torch import load_file
+
+    return load_file(folder / "adapter_model.safetensors")
