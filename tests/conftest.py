@@ -23,6 +23,12 @@ def compose_edit(overrides: list[str]) -> object:
         return compose("edit", overrides=overrides)
 
 
+def compose_train(overrides: list[str]) -> object:
+    """The train config exactly as ``i2vedit-train <overrides>`` composes it."""
+    with initialize_config_module("i2vedit.conf", version_base=None):
+        return compose("train", overrides=overrides)
+
+
 @pytest.fixture(scope="session")
 def tiny_model() -> LoadedModel:
     pipe = build_tiny_pipeline(0)

@@ -13,7 +13,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from i2vedit.config import validate_edit_config
-from tests.conftest import compose_edit
+from tests.conftest import compose_edit, compose_train
 
 CONF = resources.files("i2vedit.conf")
 GROUPS = sorted(p.name for p in CONF.iterdir() if p.is_dir() and not p.name.startswith("_"))
@@ -32,8 +32,10 @@ def test_groups_are_the_documented_ones():
         "data",
         "inversion",
         "item",
+        "lora",
         "model",
         "sarp",
+        "trainer",
     ]
 
 
@@ -48,6 +50,37 @@ def test_every_option_composes(group, option, tmp_path):
     if group == "model" and option != "tiny":
         return  # a hub id: checked and fetched only when loading
     validate_edit_config(cfg)
+
+
+TRAIN_GROUPS = ("conditioning", "data", "item", "lora", "model", "trainer")
+
+
+@pytest.mark.parametrize(("group", "option"), [o for o in OPTIONS if o[0] in TRAIN_GROUPS])
+def test_every_train_option_composes(group, option, tmp_path):
+    from i2vedit.config import validate_train_config
+
+    prefix = "+" if group == "item" else ""
+    cfg = compose_train([f"{prefix}{group}={option}", f"output_dir={tmp_path}"])
+    OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+    if group == "model" and option != "tiny":
+        return
+    validate_train_config(cfg)
+
+
+def test_lora_options():
+    assert compose_edit(["output_dir=x"]).lora.checkpoint is None
+    ckpt = compose_edit(["lora=ckpt250", "output_dir=x"]).lora
+    assert (
+        ckpt.checkpoint == 250
+        and ckpt.rank == 32
+        and ckpt.max_steps == 500
+        and ckpt.checkpoint_every == 50
+    )
+    assert compose_edit(["lora=ckpt500", "output_dir=x"]).lora.checkpoint == 500
+    train = compose_train(["output_dir=x"])
+    assert list(train.lora.resolution) == [32, 48]
+    assert list(compose_train(["model=svd", "output_dir=x"]).lora.resolution) == [512, 896]
+    assert compose_train(["trainer=ddp", "output_dir=x"]).trainer.strategy == "ddp"
 
 
 def test_defaults_follow_the_method():

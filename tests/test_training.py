@@ -179,3 +179,23 @@ def load_file_dict(folder):
     from safetensors.torch import load_file
 
     return load_file(folder / "adapter_model.safetensors")
+
+
+def test_preview_written_during_training(tiny_model, edit_overrides, keyframe, tmp_path):
+    cfg = compose_edit(
+        [
+            *edit_overrides,
+            "lora.max_steps=2",
+            "lora.checkpoint_every=2",
+            "lora.rank=4",
+            "lora.preview_every=1",
+            "lora.preview_steps=2",
+        ]
+    )
+    clip = Clip(0, torch.from_numpy(moving_square_frames(8)), [i / 12 for i in range(8)])
+    train_clip(cfg, tiny_model, clip, tmp_path / "lora", "32", tmp_path / "run", keyframe, fps=12)
+    from i2vedit.data.video import read_video_frames
+
+    previews = sorted((tmp_path / "run" / "preview" / "clip_0").glob("step-*.mp4"))
+    assert [p.name for p in previews] == ["step-1.mp4", "step-2.mp4"]
+    assert read_video_frames(previews[-1]).shape == (8, 48, 64, 3)

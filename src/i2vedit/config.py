@@ -146,6 +146,8 @@ class TrainConfig:
     lora: LoraSchema = field(default_factory=LoraSchema)
     trainer: TrainerSchema = field(default_factory=TrainerSchema)
     paths: PathsConfig = field(default_factory=PathsConfig)
+    #: items carry per-edit settings for i2vedit-edit; training reads none of them
+    attention_matching: AttentionMatchingConfig = field(default_factory=AttentionMatchingConfig)
     seed: int = 42
     device: str = "auto"
     output_dir: str = MISSING
