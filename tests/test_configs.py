@@ -123,8 +123,12 @@ def test_configs_found_from_an_installed_wheel(tmp_path):
     (wheel,) = tmp_path.glob("i2vedit-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
     yamls = sorted(n for n in names if n.startswith("i2vedit/conf/") and n.endswith(".yaml"))
-    assert "i2vedit/conf/edit.yaml" in yamls and "i2vedit/conf/model/svd_xt.yaml" in yamls
-    assert len(yamls) == 1 + len(OPTIONS)
+    assert {
+        "i2vedit/conf/edit.yaml",
+        "i2vedit/conf/train.yaml",
+        "i2vedit/conf/model/svd_xt.yaml",
+    } <= set(yamls)
+    assert len(yamls) == 2 + len(OPTIONS)  # edit.yaml, train.yaml and every group option
     site = tmp_path / "site"
     zipfile.ZipFile(wheel).extractall(site)
     code = (

@@ -157,4 +157,6 @@ class LoRACheckpoint(L.Callback):
         if trainer.is_global_zero:
             save_lora(module.unet, module.lora_config, self.folder / f"checkpoint-{step}")
             os.replace(tmp, self.folder / RESUME_NAME)
-            log.info("saved %s", self.folder / f"checkpoint-{step}")
+            loss = trainer.callback_metrics.get("loss")
+            shown = f"{float(loss):.4f}" if loss is not None else "n/a"
+            log.info("step %d, loss %s: saved %s", step, shown, self.folder / f"checkpoint-{step}")
