@@ -71,6 +71,7 @@ def edit_overrides(source_video, keyframe, tmp_path) -> list[str]:
         f"data.video_path={source_video}",
         f"data.keyframe_paths=[{keyframe}]",
         "data.sample_fps=12",
+        "data.end_clip_id=0",  # one clip of the three (the chaining tests take all)
         "num_steps=3",
         f"output_dir={tmp_path / 'out'}",
         f"paths.cache_dir={tmp_path / 'cache'}",

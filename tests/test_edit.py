@@ -175,3 +175,33 @@ def test_edit_trains_a_missing_lora_first_then_reuses_it(
     no_train = compose_edit([*edit_overrides, "lora.checkpoint=50", "lora.train_if_missing=false"])
     with pytest.raises(InputError, match="missing .*checkpoint-50.*existing: none"):
         run_edit(no_train, model=tiny_model)
+
+
+def test_three_clips_chain_without_repeating_the_overlap(tiny_model, edit_overrides, monkeypatch):
+    seen = []
+    original = edit_task.encode_condition
+
+    def spy(pipe, image, params, frames, generator, guided, latent=None):
+        seen.append(latent is not None)
+        return original(pipe, image, params, frames, generator, guided, latent)
+
+    monkeypatch.setattr(edit_task, "encode_condition", spy)
+    overrides = [o for o in edit_overrides if not o.startswith("data.end_clip_id")]
+    # 12 fps up to 1.83 s: 22 sampled frames = 3 clips of 8 sharing 1 frame (0-7, 7-14, 14-21)
+    cfg = compose_edit(
+        [*overrides, "data.end_t=1.83", "attention_matching=off", "inversion=none", "sarp=off"]
+    )
+    result = run_edit(cfg, model=tiny_model)
+    assert [p.clip.indices for p in result.plan] == [
+        list(range(0, 8)),
+        list(range(7, 15)),
+        list(range(14, 22)),
+    ]
+    assert [(p.first_output_frame, p.new_frames) for p in result.plan] == [(0, 8), (8, 7), (15, 7)]
+    assert seen == [False, True, True]  # clips 1 and 2: the previous clip's last frame and latent
+    clips = result.clip_frames["blue"]
+    for previous, current in zip(clips, clips[1:], strict=False):
+        assert torch.equal(current[0], previous[-1])
+    video = read_video_frames(result.edited[0])
+    assert len(video) == 22 == sum(p.new_frames for p in result.plan)
+    assert len(read_video_frames(result.source)) == 22

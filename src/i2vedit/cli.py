@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import TypeVar
+
 import hydra
 from omegaconf import DictConfig
 
@@ -10,6 +13,21 @@ from i2vedit.errors import EXIT_BAD_INPUT, InputError
 from i2vedit.progress import CONSOLE, setup_logging
 
 register_configs()
+T = TypeVar("T")
+
+
+def _say(line: str) -> None:
+    CONSOLE.print(line, soft_wrap=True, markup=False, highlight=False)
+
+
+def _run(task: Callable[[DictConfig], T], cfg: DictConfig) -> T:
+    """Run a task; bad input becomes one line on stderr and exit code 2."""
+    setup_logging()
+    try:
+        return task(cfg)
+    except InputError as err:
+        _say(f"error: {err}")
+        raise SystemExit(EXIT_BAD_INPUT) from None
 
 
 @hydra.main(version_base=None, config_path="pkg://i2vedit.conf", config_name="edit")
@@ -17,14 +35,8 @@ def edit(cfg: DictConfig) -> None:
     """``i2vedit-edit``: edit a video from one or more edited first frames."""
     from i2vedit.tasks.edit import run_edit
 
-    setup_logging()
-    try:
-        result = run_edit(cfg)
-    except InputError as err:
-        CONSOLE.print(f"error: {err}", soft_wrap=True, markup=False, highlight=False)
-        raise SystemExit(EXIT_BAD_INPUT) from None
-    for path in result.written:
-        CONSOLE.print(f"wrote {path}", soft_wrap=True, markup=False, highlight=False)
+    for path in _run(run_edit, cfg).written:
+        _say(f"wrote {path}")
 
 
 @hydra.main(version_base=None, config_path="pkg://i2vedit.conf", config_name="train")
@@ -32,14 +44,8 @@ def train(cfg: DictConfig) -> None:
     """``i2vedit-train``: train the motion LoRA of every selected clip."""
     from i2vedit.tasks.train import run_train
 
-    setup_logging()
-    try:
-        result = run_train(cfg)
-    except InputError as err:
-        CONSOLE.print(f"error: {err}", soft_wrap=True, markup=False, highlight=False)
-        raise SystemExit(EXIT_BAD_INPUT) from None
+    result = _run(run_train, cfg)
     for clip_id, folder in result.clip_dirs.items():
-        steps = ", ".join(str(s) for s in result.checkpoints[clip_id])
-        CONSOLE.print(
-            f"clip {clip_id}: {folder} (checkpoints {steps})", soft_wrap=True, markup=False
+        _say(
+            f"clip {clip_id}: {folder} (checkpoints {', '.join(map(str, result.checkpoints[clip_id]))})"
         )

@@ -26,7 +26,7 @@ class DataConfig:
     chunk_size: int = II("model.num_frames")
     overlay_size: int = 1
     begin_clip_id: int = 0
-    end_clip_id: int | None = None  #: last clip, inclusive; None: begin_clip_id
+    end_clip_id: int | None = None  #: last clip, inclusive; None: the video's last clip
     output_res: list[int] = field(
         default_factory=lambda: ["${model.resolution[0]}", "${model.resolution[1]}"]
     )
@@ -121,36 +121,28 @@ class PathsConfig:
 
 
 @dataclass
-class EditConfig:
+class TrainConfig:
+    """What ``i2vedit-train`` reads (and ``i2vedit-edit`` too, as the base of its schema)."""
+
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     conditioning: ConditioningParams = field(default_factory=ConditioningParams)
-    sarp: SarpConfig = field(default_factory=SarpConfig)
-    inversion: InversionConfig = field(default_factory=InversionConfig)
+    #: items carry per-edit settings for i2vedit-edit; training reads none of them
     attention_matching: AttentionMatchingConfig = field(default_factory=AttentionMatchingConfig)
     lora: LoraSchema = field(default_factory=LoraSchema)
     trainer: TrainerSchema = field(default_factory=TrainerSchema)
     paths: PathsConfig = field(default_factory=PathsConfig)
-    num_steps: int = 25
     seed: int = 42
     device: str = "auto"
-    dtype: str = "auto"
     output_dir: str = MISSING
 
 
 @dataclass
-class TrainConfig:
-    data: DataConfig = field(default_factory=DataConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
-    conditioning: ConditioningParams = field(default_factory=ConditioningParams)
-    lora: LoraSchema = field(default_factory=LoraSchema)
-    trainer: TrainerSchema = field(default_factory=TrainerSchema)
-    paths: PathsConfig = field(default_factory=PathsConfig)
-    #: items carry per-edit settings for i2vedit-edit; training reads none of them
-    attention_matching: AttentionMatchingConfig = field(default_factory=AttentionMatchingConfig)
-    seed: int = 42
-    device: str = "auto"
-    output_dir: str = MISSING
+class EditConfig(TrainConfig):
+    sarp: SarpConfig = field(default_factory=SarpConfig)
+    inversion: InversionConfig = field(default_factory=InversionConfig)
+    num_steps: int = 25
+    dtype: str = "auto"
 
 
 def register_configs() -> None:
@@ -195,7 +187,7 @@ def _existing_file(key: str, path: str) -> None:
         raise InputError(key, path, "file not found")
 
 
-def _validate_source(cfg: DictConfig, single_clip: bool) -> None:
+def _validate_source(cfg: DictConfig) -> None:
     """Checks shared by edit and train: model, conditioning, data (no decoding)."""
     data = cfg.data
     if cfg.model.kind not in ("tiny", "pretrained"):
@@ -230,13 +222,6 @@ def _validate_source(cfg: DictConfig, single_clip: bool) -> None:
     if data.begin_clip_id < 0:
         raise InputError("data.begin_clip_id", data.begin_clip_id, "must be >= 0")
     if data.end_clip_id is not None:
-        if single_clip and data.end_clip_id != data.begin_clip_id:
-            raise InputError(
-                "data.end_clip_id",
-                data.end_clip_id,
-                "one clip per edit run for now: pick it with data.begin_clip_id "
-                f"(end_clip_id = {data.begin_clip_id})",
-            )
         if data.end_clip_id < data.begin_clip_id:
             raise InputError(
                 "data.end_clip_id",
@@ -293,7 +278,7 @@ def _validate_lora(cfg: DictConfig, training: bool) -> None:
 
 def validate_train_config(cfg: DictConfig) -> None:
     """Checks of ``i2vedit-train`` that need no decoding and no model."""
-    _validate_source(cfg, single_clip=False)
+    _validate_source(cfg)
     _validate_lora(cfg, training=True)
     for path in cfg.data.keyframe_paths or []:
         _existing_file("data.keyframe_paths", path)
@@ -336,7 +321,7 @@ def validate_edit_config(cfg: DictConfig) -> None:
             am.spatial_attention_chunk_size,
             "must be >= 1",
         )
-    _validate_source(cfg, single_clip=True)
+    _validate_source(cfg)
     _validate_lora(cfg, training=False)
     if is_demo(cfg):
         num_keyframes = 1  # the embedded demo item: one source video, one edited first frame

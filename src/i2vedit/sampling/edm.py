@@ -47,17 +47,30 @@ def encode_condition(
     num_frames: int,
     generator: torch.Generator,
     guided: bool,
+    latent: torch.Tensor | None = None,
 ) -> Condition:
     """Condition on a first frame ``image`` (1, 3, H, W) in [-1, 1], as the SVD pipeline does:
     CLIP on the image resized to 224, pixel-space noise augmentation before the VAE, and zero
-    embedding and latents for the unconditional half."""
+    embedding and latents for the unconditional half.
+
+    With ``latent`` (1, C, h, w), the frame's VAE latent scaled by ``scaling_factor`` (the last
+    edited frame of the previous clip), the image latents come from it directly, with the
+    noise augmentation added in latent space: no VAE round trip.
+    """
     device = pipe.unet.device
     image = image.to(device=device, dtype=torch.float32)
     clip_input = (_resize_with_antialiasing(image, CLIP_SIZE) + 1.0) / 2.0
     embeddings = pipe._encode_image(clip_input.cpu(), device, 1, guided)
-    noise = randn_tensor(image.shape, generator=generator, device=device, dtype=image.dtype)
-    augmented = image + params.noise_aug_strength * noise
-    latents = pipe._encode_vae_image(augmented, device, 1, guided).to(embeddings.dtype)
+    if latent is None:
+        noise = randn_tensor(image.shape, generator=generator, device=device, dtype=image.dtype)
+        augmented = image + params.noise_aug_strength * noise
+        latents = pipe._encode_vae_image(augmented, device, 1, guided).to(embeddings.dtype)
+    else:
+        latent = latent.to(device=device, dtype=torch.float32) / pipe.vae.config.scaling_factor
+        noise = randn_tensor(latent.shape, generator=generator, device=device, dtype=latent.dtype)
+        latents = (latent + params.noise_aug_strength * noise).to(embeddings.dtype)
+        if guided:
+            latents = torch.cat([torch.zeros_like(latents), latents])
     time_ids = pipe._get_add_time_ids(
         params.fps - 1,
         params.motion_bucket_id,

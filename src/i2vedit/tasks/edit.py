@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 from omegaconf import DictConfig, OmegaConf
+from rich.table import Table
 
 from i2vedit.attention.control import (
     AttentionController,
@@ -32,8 +33,9 @@ from i2vedit.inversion.edm import edm_invert
 from i2vedit.inversion.sarp import sarp
 from i2vedit.models.device import precision_of, resolve_device, resolve_dtype
 from i2vedit.models.svd import LoadedModel, load_model
-from i2vedit.progress import step_progress
+from i2vedit.progress import CONSOLE, step_progress
 from i2vedit.sampling.edm import (
+    Condition,
     ConditioningParams,
     decode_video,
     encode_condition,
@@ -68,26 +70,37 @@ class Keyframe:
 class EditInputs:
     """Everything read from disk and checked before a model loads."""
 
-    source: Source
-    clip: Clip  #: the clip to edit: its sampled source frames
+    source: Source  #: the selected clips with their sampled source frames
     keyframes: list[Keyframe]
-    fps: float  #: output frame rate
-
-    @property
-    def frames(self) -> torch.Tensor:
-        return self.clip.frames
 
     @property
     def video_path(self) -> Path:
         return self.source.video_path
+
+    @property
+    def fps(self) -> float:
+        return self.source.fps
+
+
+@dataclass
+class ClipPlan:
+    """What the run will do for one clip (printed before any heavy work)."""
+
+    clip: Clip
+    lora: LoraPlan | None
+    first_output_frame: int  #: index of its first new frame in the output video
+    new_frames: int  #: frames it adds to the output (its overlap with the previous is dropped)
 
 
 @dataclass
 class EditResult:
     output_dir: Path
     edited: list[Path]  #: one video per keyframe, in keyframe order
-    source: Path  #: the clip's resampled source frames
+    source: Path  #: the selected clips' resampled source frames, overlaps once
     config: Path
+    plan: list[ClipPlan] = field(default_factory=list)
+    #: per keyframe stem, per clip: the clip's frames at the source resolution (uint8)
+    clip_frames: dict[str, list[torch.Tensor]] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
     record_bytes_per_step: int = 0
 
@@ -99,7 +112,6 @@ class EditResult:
 def read_inputs(cfg: DictConfig) -> EditInputs:
     """Decode and check the source video and keyframes (stage 2; no model needed)."""
     source = read_source(cfg)
-    (clip,) = source.clips
     am = cfg.attention_matching
     keyframes = []
     for i, path in enumerate(source.keyframe_paths):
@@ -121,12 +133,12 @@ def read_inputs(cfg: DictConfig) -> EditInputs:
                 str(keyframe.path),
                 f"'{SOURCE_NAME}' is the resampled source's name",
             )
-    return EditInputs(source, clip, keyframes, source.fps)
+    return EditInputs(source, keyframes)
 
 
 @dataclass
 class LoraPlan:
-    """Which motion-LoRA checkpoint the edit loads, and whether it must be trained first."""
+    """Which motion-LoRA checkpoint a clip's edit loads, and whether it must be trained first."""
 
     clip_dir: Path
     checkpoint: Path
@@ -135,14 +147,14 @@ class LoraPlan:
     inputs: dict
 
 
-def plan_lora(cfg: DictConfig, inputs: EditInputs, dtype: torch.dtype) -> LoraPlan | None:
+def plan_lora(cfg: DictConfig, video_path: Path, clip: Clip, dtype: torch.dtype) -> LoraPlan | None:
     """Find the requested checkpoint before any model loads; refuse what cannot exist."""
     lora = cfg.lora
     if lora.checkpoint is None:
         return None
     precision = precision_of(dtype)
-    root, key_inputs = lora_root(cfg, inputs.video_path, precision)
-    clip_dir = root / f"clip_{inputs.clip.clip_id}"
+    root, key_inputs = lora_root(cfg, video_path, precision)
+    clip_dir = root / f"clip_{clip.clip_id}"
     step = int(lora.checkpoint)
     checkpoint = clip_dir / f"checkpoint-{step}"
     existing = checkpoint_steps(clip_dir)
@@ -160,6 +172,57 @@ def plan_lora(cfg: DictConfig, inputs: EditInputs, dtype: torch.dtype) -> LoraPl
     else:
         reason = f"missing {checkpoint} (lora.train_if_missing=false); existing: {listed}"
     raise InputError("lora.checkpoint", step, reason)
+
+
+def plan_clips(cfg: DictConfig, inputs: EditInputs, dtype: torch.dtype) -> list[ClipPlan]:
+    """Per clip: its LoRA and the frames it adds to the output (checked before loading)."""
+    plans, position = [], 0
+    for i, clip in enumerate(inputs.source.clips):
+        new = len(clip.frames) - (cfg.data.overlay_size if i else 0)
+        lora = plan_lora(cfg, inputs.video_path, clip, dtype)
+        plans.append(ClipPlan(clip, lora, position, new))
+        position += new
+    return plans
+
+
+def show_plan(cfg: DictConfig, inputs: EditInputs, plans: list[ClipPlan]) -> None:
+    """The plan table: what each clip covers and adds, and what is computed or reused."""
+    source = inputs.source
+    table = Table(title=f"edit plan: {source.video_path.name}, {len(inputs.keyframes)} edit(s)")
+    for column in (
+        "clip",
+        "source time (s)",
+        "sampled frames",
+        "output frames",
+        "inversion",
+        "motion LoRA",
+    ):
+        table.add_column(column)
+    for plan in plans:
+        clip = plan.clip
+        lora = (
+            "none"
+            if plan.lora is None
+            else (
+                f"train, then checkpoint-{cfg.lora.checkpoint}"
+                if plan.lora.train
+                else f"cached checkpoint-{cfg.lora.checkpoint}"
+            )
+        )
+        table.add_row(
+            str(clip.clip_id),
+            f"{clip.times[0]:.2f} - {clip.times[-1]:.2f}",
+            f"{clip.indices[0]}-{clip.indices[-1]}",
+            f"{plan.first_output_frame}-{plan.first_output_frame + plan.new_frames - 1} ({plan.new_frames})",
+            "compute" if cfg.inversion.method == "edm" else "none (noise)",
+            lora,
+        )
+    total = sum(plan.new_frames for plan in plans)
+    table.caption = (
+        f"output: {total} frames at data.output_fps={inputs.fps:g} = {total / inputs.fps:.2f} s "
+        f"per edit; {source.num_clips} clips in the video, {len(plans)} selected"
+    )
+    CONSOLE.print(table, width=max(CONSOLE.width, 120))
 
 
 def _model(cfg: DictConfig, device: torch.device, dtype: torch.dtype) -> LoadedModel:
@@ -227,21 +290,28 @@ def invert_source(
     return SourceInversion(inverted, store)
 
 
+@dataclass
+class ChainLink:
+    """The last edited frame of a clip, which conditions the next clip of the same edit."""
+
+    image: torch.Tensor  #: (1, 3, h, w) in [-1, 1] at the model's resolution
+    latent: torch.Tensor  #: (1, C, h', w') its latent (scaled), taken before decoding
+    frames: torch.Tensor  #: uint8 (overlay, H, W, 3): the clip's last frames as written
+
+
 def edit_clip(
     cfg: DictConfig,
     model: LoadedModel,
-    image: torch.Tensor,
     keyframe: Keyframe,
+    cond: Condition,
     source: SourceInversion,
     sigmas: torch.Tensor,
     latent_shape: tuple[int, ...],
+    label: str,
 ) -> torch.Tensor:
-    """Stage 5: guided sampling of one edit (first frame ``image``, (1, 3, h, w)), from the
-    inverted latents and with the source's attention matched. Returns clean latents."""
-    am, pipe, n = cfg.attention_matching, model.pipe, cfg.num_steps
-    params = ConditioningParams(**cfg.conditioning)
-    num_frames = latent_shape[1]
-    cond = encode_condition(pipe, image, params, num_frames, _generator(cfg.seed), guided=True)
+    """Stage 5: guided sampling of one edit of one clip, from the inverted latents and with the
+    source's attention matched. Returns clean latents."""
+    am, n = cfg.attention_matching, cfg.num_steps
     start = source.latents
     if start is None:
         start = torch.randn(latent_shape, generator=_generator(cfg.seed)).to(model.device)
@@ -259,29 +329,44 @@ def edit_clip(
         controller = AttentionMatcher(source.store, matching)
     with (
         controlled_attention(model.unet, controller or AttentionController()),
-        step_progress(f"edit {keyframe.stem}", n) as advance,
+        step_progress(label, n) as advance,
     ):
-        guidance = guidance_scales(params, num_frames)
+        guidance = guidance_scales(ConditioningParams(**cfg.conditioning), latent_shape[1])
         return sample(model.unet, start, cond, sigmas, guidance, controller, on_step=advance)
 
 
+def _train_missing(cfg, model, inputs: EditInputs, plan: ClipPlan, out_dir: Path) -> None:
+    from i2vedit.tasks.train import train_clip  # Lightning loads only when training
+
+    write_manifest(plan.lora.clip_dir.parent, "motion-lora", plan.lora.inputs)
+    first = inputs.keyframes[0].path
+    run_dir = out_dir / "train"
+    train_clip(
+        cfg, model, plan.clip, plan.lora.clip_dir, plan.lora.precision, run_dir, first, inputs.fps
+    )
+
+
 def run_edit(cfg: DictConfig, model: LoadedModel | None = None) -> EditResult:
-    """Edit one clip of the source video once per keyframe; returns the paths written.
+    """Edit the selected clips of the source video once per keyframe, clip after clip, each
+    clip conditioned on the previous clip's last edited frame; returns what it wrote.
 
     ``model`` lets a caller (tests, a long-lived app) pass components already loaded.
     """
     validate_edit_config(cfg)  # 1
     inputs = read_inputs(cfg)  # 2
-    target_hw = (int(cfg.data.output_res[0]), int(cfg.data.output_res[1]))
-    plan = ResolutionPlan.build(tuple(inputs.frames.shape[1:3]), target_hw, cfg.data.pad_to_fit)
+    data = cfg.data
+    target_hw = (int(data.output_res[0]), int(data.output_res[1]))
+    source_hw = tuple(inputs.source.clips[0].frames.shape[1:3])
+    plan = ResolutionPlan.build(source_hw, target_hw, data.pad_to_fit)
     keyframe_plans = [
-        ResolutionPlan.build(tuple(k.image.shape[:2]), target_hw, cfg.data.pad_to_fit)
+        ResolutionPlan.build(tuple(k.image.shape[:2]), target_hw, data.pad_to_fit)
         for k in inputs.keyframes
     ]
     device = model.device if model is not None else resolve_device(cfg.device)
     dtype = model.dtype if model is not None else resolve_dtype(cfg.dtype, device)
-    lora_plan = plan_lora(cfg, inputs, dtype)
+    clip_plans = plan_clips(cfg, inputs, dtype)
     inputs.source.log_summary()
+    show_plan(cfg, inputs, clip_plans)
     seconds: dict[str, float] = {}
     done = _stopwatch(seconds, "load")
     model = model or _model(cfg, device, dtype)  # 3
@@ -292,57 +377,89 @@ def run_edit(cfg: DictConfig, model: LoadedModel | None = None) -> EditResult:
     config_path = out_dir / CONFIG_NAME
     config_path.write_text(OmegaConf.to_yaml(cfg, resolve=True))
 
-    pipe = model.pipe
+    pipe, overlay = model.pipe, data.overlay_size
+    params = ConditioningParams(**cfg.conditioning)
     sigmas = karras_sigmas(pipe, cfg.num_steps)
+    frames_per_clip = len(inputs.source.clips[0].frames)
     scale = pipe.vae_scale_factor
     latent_shape = (
         1,
-        len(inputs.frames),
+        frames_per_clip,
         model.unet.config.out_channels,
         target_hw[0] // scale,
         target_hw[1] // scale,
     )
-    if lora_plan is not None and lora_plan.train:
-        done = _stopwatch(seconds, "train")
-        from i2vedit.tasks.train import train_clip  # Lightning loads only when training
-
-        write_manifest(lora_plan.clip_dir.parent, "motion-lora", lora_plan.inputs)
-        first = inputs.keyframes[0].path
-        train_clip(
-            cfg,
-            model,
-            inputs.clip,
-            lora_plan.clip_dir,
-            lora_plan.precision,
-            out_dir / "train",
-            first,
-            inputs.fps,
-        )
-        done()
-    edited = []
-    with torch.inference_mode():
-        clip = plan.forward(to_model_frames(inputs.frames)).to(model.device)
-        source = invert_source(cfg, model, clip, sigmas, seconds)  # 4 (never with the LoRA)
-        if lora_plan is not None:
-            load_lora(model.unet, lora_plan.checkpoint, cfg.lora.scale)
-            log.info("motion LoRA: loaded %s (scale %g)", lora_plan.checkpoint, cfg.lora.scale)
-        try:
-            for keyframe, keyframe_plan in zip(inputs.keyframes, keyframe_plans, strict=True):
-                done = _stopwatch(seconds, "sampling")
-                image = keyframe_plan.forward(to_model_frames(keyframe.image[None])).to(
-                    model.device
+    chains: dict[str, ChainLink] = {}
+    outputs: dict[str, list[torch.Tensor]] = {k.stem: [] for k in inputs.keyframes}
+    record_bytes = 0
+    for clip_plan in clip_plans:
+        clip = clip_plan.clip
+        if clip_plan.lora is not None and clip_plan.lora.train:
+            done = _stopwatch(seconds, "train")
+            _train_missing(cfg, model, inputs, clip_plan, out_dir)
+            done()
+        with torch.inference_mode():
+            frames = plan.forward(to_model_frames(clip.frames)).to(model.device)
+            source = invert_source(cfg, model, frames, sigmas, seconds)  # 4 (never with the LoRA)
+            record_bytes = max(record_bytes, source.store.nbytes(0))
+            if clip_plan.lora is not None:
+                load_lora(model.unet, clip_plan.lora.checkpoint, cfg.lora.scale)
+                log.info(
+                    "motion LoRA: loaded %s (scale %g)", clip_plan.lora.checkpoint, cfg.lora.scale
                 )
-                latents = edit_clip(cfg, model, image, keyframe, source, sigmas, latent_shape)  # 5
-                done()
-                done = _stopwatch(seconds, "decode")  # 6
-                frames = decode_video(pipe, latents, cfg.model.decode_chunk_size).cpu()
-                path = out_dir / f"{keyframe.stem}.mp4"
-                edited.append(write_video(path, to_uint8_frames(plan.inverse(frames)), inputs.fps))
-                done()
-                log.info("wrote %s", path)
-        finally:
-            if lora_plan is not None:
-                remove_lora(model.unet)
-        source_path = write_video(out_dir / SOURCE_NAME, inputs.frames, inputs.fps)
+            try:
+                for keyframe, keyframe_plan in zip(inputs.keyframes, keyframe_plans, strict=True):
+                    done = _stopwatch(seconds, "sampling")
+                    link = chains.get(keyframe.stem)
+                    if link is None:  # the first clip: the edited first frame
+                        image = keyframe_plan.forward(to_model_frames(keyframe.image[None]))
+                        image = image.to(model.device)
+                        cond = encode_condition(
+                            pipe, image, params, len(frames), _generator(cfg.seed), True
+                        )
+                    else:  # later clips: the previous clip's last edited frame, and its latent
+                        cond = encode_condition(
+                            pipe,
+                            link.image,
+                            params,
+                            len(frames),
+                            _generator(cfg.seed),
+                            True,
+                            link.latent,
+                        )
+                    label = f"edit {keyframe.stem}, clip {clip.clip_id}"
+                    latents = edit_clip(
+                        cfg, model, keyframe, cond, source, sigmas, latent_shape, label
+                    )  # 5
+                    done()
+                    done = _stopwatch(seconds, "decode")  # 6
+                    decoded = decode_video(pipe, latents, cfg.model.decode_chunk_size)
+                    written = to_uint8_frames(plan.inverse(decoded.cpu()))
+                    if (
+                        link is not None and overlay
+                    ):  # the shared frames: exactly the previous clip's
+                        written[:overlay] = link.frames
+                    outputs[keyframe.stem].append(written)
+                    chains[keyframe.stem] = ChainLink(
+                        decoded[-1:].to(model.device),
+                        latents[0, -1:],
+                        written[len(written) - overlay :],
+                    )
+                    done()
+            finally:
+                if clip_plan.lora is not None:
+                    remove_lora(model.unet)
+        del source
+    edited = []
+    for keyframe in inputs.keyframes:
+        clips = outputs[keyframe.stem]
+        video = torch.cat([clips[0], *(c[overlay:] for c in clips[1:])])
+        edited.append(write_video(out_dir / f"{keyframe.stem}.mp4", video, inputs.fps))
+        log.info("wrote %s (%d frames)", edited[-1], len(video))
+    source_clips = [c.clip.frames for c in clip_plans]
+    source_video = torch.cat([source_clips[0], *(c[overlay:] for c in source_clips[1:])])
+    source_path = write_video(out_dir / SOURCE_NAME, source_video, inputs.fps)
     log.info("seconds per stage: %s", ", ".join(f"{k} {v:.2f}" for k, v in seconds.items()))
-    return EditResult(out_dir, edited, source_path, config_path, seconds, source.store.nbytes(0))
+    return EditResult(
+        out_dir, edited, source_path, config_path, clip_plans, outputs, seconds, record_bytes
+    )

@@ -4,7 +4,7 @@ clips, and the cache folder of each clip's motion LoRA. No model is needed."""
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -24,6 +24,7 @@ class Clip:
     clip_id: int
     frames: torch.Tensor  #: uint8 (F, H, W, 3) sampled source frames
     times: list[float]  #: their source timestamps (s)
+    indices: list[int] = field(default_factory=list)  #: their positions among the sampled frames
 
 
 @dataclass
@@ -52,7 +53,7 @@ class Source:
 
 def read_source(cfg: DictConfig) -> Source:
     """Decode and sample the source; select the clips from data.begin_clip_id to
-    data.end_clip_id (inclusive; None: the first one only)."""
+    data.end_clip_id (inclusive; None: the last clip)."""
     data = cfg.data
     if is_demo(cfg):
         video_path, keyframe_path = ensure_demo_assets(cfg.paths.cache_dir)
@@ -71,9 +72,9 @@ def read_source(cfg: DictConfig) -> Source:
         context=f"between data.start_t={data.start_t} and data.end_t={data.end_t} "
         f"at data.sample_fps={data.sample_fps}",
     )
-    end = data.begin_clip_id if data.end_clip_id is None else data.end_clip_id
+    end = len(ranges) - 1 if data.end_clip_id is None else data.end_clip_id
     clips = [
-        Clip(k, sampled.frames[r.start : r.stop], sampled.times[r.start : r.stop])
+        Clip(k, sampled.frames[r.start : r.stop], sampled.times[r.start : r.stop], list(r))
         for k, r in select_clips(ranges, data.begin_clip_id, end + 1)
     ]
     fps = data.output_fps or data.sample_fps
