@@ -57,13 +57,14 @@ def test_edit_writes_one_video_per_keyframe_and_restores_processors(
     assert result.record_bytes_per_step > 0
 
 
-def test_edits_differ_by_keyframe_and_are_seeded(tiny_model, edit_overrides, tmp_path):
+def test_edit_is_seeded(tiny_model, edit_overrides, tmp_path):
     cfg = compose_edit([*edit_overrides, "attention_matching=off", "inversion=none", "sarp=off"])
     a = read_video_frames(run_edit(cfg, model=tiny_model).edited[0])
     cfg2 = compose_edit(
         [
             *edit_overrides[:-2],
             f"output_dir={tmp_path / 'b'}",
+            f"paths.cache_dir={tmp_path / 'other_cache'}",  # computed afresh, not from the cache
             "attention_matching=off",
             "inversion=none",
             "sarp=off",
@@ -125,9 +126,7 @@ def test_model_folder_missing_a_component(tiny_model, edit_overrides, tmp_path):
     result = run_edit(cfg)  # the complete folder loads through from_pretrained and runs
     assert result.edited[0].is_file()
     (folder / "vae" / "config.json").unlink()
-    cfg = compose_edit(
-        [*edit_overrides[:-2], f"output_dir={tmp_path / 'b'}", "model=svd", f"model.path={folder}"]
-    )
+    cfg = compose_edit([*edit_overrides[:-1], "model=svd", f"model.path={folder}"])
     with pytest.raises(InputError, match="missing the 'vae' component") as err:
         run_edit(cfg)
     assert err.value.key == "model.path"
@@ -171,7 +170,7 @@ def test_edit_trains_a_missing_lora_first_then_reuses_it(
     )
     with caplog.at_level("INFO", logger="i2vedit"):
         run_edit(cfg, model=tiny_model)
-    assert "training the motion LoRA" not in caplog.text and "motion LoRA: loaded" in caplog.text
+    assert "training the motion LoRA" not in caplog.text and "cache hit: edits" in caplog.text
     no_train = compose_edit([*edit_overrides, "lora.checkpoint=50", "lora.train_if_missing=false"])
     with pytest.raises(InputError, match="missing .*checkpoint-50.*existing: none"):
         run_edit(no_train, model=tiny_model)

@@ -7,12 +7,15 @@ import datetime
 import functools
 import hashlib
 import json
+import logging
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
 
 MANIFEST = "manifest.json"
+log = logging.getLogger(__name__)
 
 
 @functools.lru_cache(maxsize=64)
@@ -51,9 +54,89 @@ def write_manifest(folder: Path, kind: str, inputs: dict[str, Any]) -> None:
         "kind": kind,
         "key": key_of(inputs),
         "inputs": inputs,
+        "files": {},
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
     fd, tmp = tempfile.mkstemp(prefix=f".{MANIFEST}.", dir=folder)
     with os.fdopen(fd, "w") as f:
         json.dump(record, f, indent=2, default=str)
     os.replace(tmp, path)
+
+
+def _file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+class TensorEntry:
+    """A cache entry of safetensors files, complete only once its manifest is written.
+
+    The manifest lists every file with its size and SHA-256; a load checks them, so a
+    truncated or altered file is detected (and the entry dropped), never silently used.
+    """
+
+    def __init__(
+        self, cache_dir: str | os.PathLike[str], kind: str, name: str, inputs: dict[str, Any]
+    ):
+        self.kind, self.inputs = kind, inputs
+        self.key = key_of(inputs)
+        self.folder = Path(cache_dir).expanduser() / kind / f"{name}-{self.key}"
+
+    def __repr__(self) -> str:
+        return f"{self.kind} {self.folder.name}"
+
+    def load(self) -> dict[str, dict[str, Any]] | None:
+        """The entry's tensors by file stem, or None when absent or corrupt (then removed)."""
+        from safetensors.torch import load_file
+
+        manifest = self.folder / MANIFEST
+        if not manifest.is_file():
+            return None
+        try:
+            record = json.loads(manifest.read_text())
+            tensors = {}
+            for name, meta in record["files"].items():
+                path = self.folder / name
+                if path.stat().st_size != meta["bytes"] or _file_sha256(path) != meta["sha256"]:
+                    raise ValueError(f"{name} does not match its manifest")
+                tensors[Path(name).stem] = load_file(path)
+        except (OSError, ValueError, KeyError, json.JSONDecodeError) as err:
+            log.warning("cache entry %s is corrupt (%s): recomputing it", self.folder, err)
+            self.drop()
+            return None
+        return tensors
+
+    def save(self, files: dict[str, dict[str, Any]]) -> None:
+        """Write ``{stem: {tensor name: tensor}}`` as one safetensors file each, atomically: into
+        a temporary folder, manifest last, then renamed into place."""
+        from safetensors.torch import save_file
+
+        self.folder.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{self.folder.name}.tmp-", dir=self.folder.parent))
+        try:
+            listed = {}
+            for stem, tensors in files.items():
+                path = tmp / f"{stem}.safetensors"
+                save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, path)
+                listed[path.name] = {"bytes": path.stat().st_size, "sha256": _file_sha256(path)}
+            record = {
+                "kind": self.kind,
+                "key": self.key,
+                "inputs": self.inputs,
+                "files": listed,
+                "bytes": sum(meta["bytes"] for meta in listed.values()),
+                "created": datetime.datetime.now(datetime.timezone.utc).isoformat(
+                    timespec="seconds"
+                ),
+            }
+            (tmp / MANIFEST).write_text(json.dumps(record, indent=2, default=str))
+            self.drop()
+            os.replace(tmp, self.folder)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+    def drop(self) -> None:
+        shutil.rmtree(self.folder, ignore_errors=True)

@@ -118,6 +118,8 @@ class TrainerSchema:
 @dataclass
 class PathsConfig:
     cache_dir: str = "${oc.env:I2VEDIT_CACHE_DIR,'~/.cache/i2vedit'}"
+    #: inversions whose attention records exceed this are recomputed instead of cached
+    max_cached_records_gb: float = 8.0
 
 
 @dataclass

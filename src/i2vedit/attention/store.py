@@ -48,3 +48,16 @@ class MemoryStore:
             for (i, _, _), t in self._data.items()
             if index is None or i == index
         )
+
+
+def store_to_tensors(store: MemoryStore) -> dict[str, torch.Tensor]:
+    """Flatten a store for a safetensors file: ``"<index>|<layer>|<name>"`` -> tensor."""
+    return {f"{i}|{layer}|{name}": t for (i, layer, name), t in store._data.items()}
+
+
+def store_from_tensors(tensors: dict[str, torch.Tensor], device: torch.device) -> MemoryStore:
+    store = MemoryStore()
+    for key, value in tensors.items():
+        index, layer, name = key.split("|")
+        store.put(int(index), layer, name, value.to(device))
+    return store

@@ -615,11 +615,13 @@ def write_video(
             stream.pix_fmt = "yuv420p"
             stream.options = {"crf": str(int(crf))}
             dst_colorspace = _tag_bt709(stream)
-            for arr in frames:
+            for index, arr in enumerate(frames):
                 if pad_h or pad_w:
                     arr = np.pad(arr, ((0, pad_h), (0, pad_w), (0, 0)), mode="edge")
                 frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(arr), format="rgb24")
                 frame = frame.reformat(format="yuv420p", dst_colorspace=dst_colorspace)
+                frame.pts = index  # explicit timestamps at the stream's rate
+                frame.time_base = 1 / rate
                 for packet in stream.encode(frame):
                     container.mux(packet)
             for packet in stream.encode():

@@ -23,8 +23,8 @@ from i2vedit.attention.control import (
     MatchingParams,
     controlled_attention,
 )
-from i2vedit.attention.store import MemoryStore
-from i2vedit.cache import write_manifest
+from i2vedit.attention.store import MemoryStore, store_from_tensors, store_to_tensors
+from i2vedit.cache import MANIFEST, TensorEntry, content_digest, write_manifest
 from i2vedit.config import validate_edit_config
 from i2vedit.data.resize import ResolutionPlan, to_model_frames, to_uint8_frames
 from i2vedit.data.video import load_image, write_video
@@ -32,7 +32,7 @@ from i2vedit.errors import InputError
 from i2vedit.inversion.edm import edm_invert
 from i2vedit.inversion.sarp import sarp
 from i2vedit.models.device import precision_of, resolve_device, resolve_dtype
-from i2vedit.models.svd import LoadedModel, load_model
+from i2vedit.models.svd import LoadedModel, load_model, model_identity
 from i2vedit.progress import CONSOLE, step_progress
 from i2vedit.sampling.edm import (
     Condition,
@@ -90,6 +90,8 @@ class ClipPlan:
     lora: LoraPlan | None
     first_output_frame: int  #: index of its first new frame in the output video
     new_frames: int  #: frames it adds to the output (its overlap with the previous is dropped)
+    inversion: TensorEntry | None = None  #: its cache entry
+    edits: dict[str, TensorEntry] = field(default_factory=dict)  #: per keyframe stem
 
 
 @dataclass
@@ -174,15 +176,32 @@ def plan_lora(cfg: DictConfig, video_path: Path, clip: Clip, dtype: torch.dtype)
     raise InputError("lora.checkpoint", step, reason)
 
 
-def plan_clips(cfg: DictConfig, inputs: EditInputs, dtype: torch.dtype) -> list[ClipPlan]:
-    """Per clip: its LoRA and the frames it adds to the output (checked before loading)."""
-    plans, position = [], 0
+def plan_clips(
+    cfg: DictConfig, inputs: EditInputs, identity: str, dtype: torch.dtype
+) -> list[ClipPlan]:
+    """Per clip: its LoRA, its cache entries and the frames it adds to the output (all known
+    before any model loads)."""
+    plans, position, previous = [], 0, {}
     for i, clip in enumerate(inputs.source.clips):
         new = len(clip.frames) - (cfg.data.overlay_size if i else 0)
         lora = plan_lora(cfg, inputs.video_path, clip, dtype)
-        plans.append(ClipPlan(clip, lora, position, new))
+        inversion = inversion_entry(cfg, inputs, clip, identity, dtype)
+        edits = {
+            k.stem: edit_entry(cfg, inversion, k, lora, previous.get(k.stem))
+            for k in inputs.keyframes
+        }
+        previous = {stem: entry.key for stem, entry in edits.items()}
+        plans.append(ClipPlan(clip, lora, position, new, inversion, edits))
         position += new
     return plans
+
+
+def _status(plan: ClipPlan) -> str:
+    done = sum((e.folder / MANIFEST).is_file() for e in plan.edits.values())
+    if done == len(plan.edits):
+        return "edits cached"
+    inversion = "cached" if (plan.inversion.folder / MANIFEST).is_file() else "compute"
+    return f"{inversion}; {len(plan.edits) - done} edit(s) to sample"
 
 
 def show_plan(cfg: DictConfig, inputs: EditInputs, plans: list[ClipPlan]) -> None:
@@ -192,12 +211,12 @@ def show_plan(cfg: DictConfig, inputs: EditInputs, plans: list[ClipPlan]) -> Non
     for column in (
         "clip",
         "source time (s)",
-        "sampled frames",
+        "sampled",
         "output frames",
-        "inversion",
-        "motion LoRA",
+        "inversion / edits",
+        "LoRA",
     ):
-        table.add_column(column)
+        table.add_column(column, no_wrap=True)
     for plan in plans:
         clip = plan.clip
         lora = (
@@ -214,7 +233,7 @@ def show_plan(cfg: DictConfig, inputs: EditInputs, plans: list[ClipPlan]) -> Non
             f"{clip.times[0]:.2f} - {clip.times[-1]:.2f}",
             f"{clip.indices[0]}-{clip.indices[-1]}",
             f"{plan.first_output_frame}-{plan.first_output_frame + plan.new_frames - 1} ({plan.new_frames})",
-            "compute" if cfg.inversion.method == "edm" else "none (noise)",
+            _status(plan),
             lora,
         )
     total = sum(plan.new_frames for plan in plans)
@@ -255,12 +274,19 @@ def invert_source(
     clip: torch.Tensor,
     sigmas: torch.Tensor,
     seconds: dict[str, float],
+    entry: TensorEntry | None = None,
 ) -> SourceInversion:
     """Stage 4: SARP, VAE encoding and EDM inversion of the clip (F, 3, h, w), recording the
-    source's attention when matching is on."""
+    source's attention when matching is on; taken from (and saved to) the cache ``entry``."""
     am, store = cfg.attention_matching, MemoryStore(dtype=model.dtype)
     if cfg.inversion.method == "none":
         return SourceInversion(None, store)
+    cached = entry.load() if entry is not None else None
+    if cached is not None:
+        log.info("cache hit: %s", entry)
+        latents = cached["latents"]["latents"].to(model.device)
+        records = cached.get("records", {})
+        return SourceInversion(latents, store_from_tensors(records, model.device))
     done = _stopwatch(seconds, "sarp")
     if cfg.sarp.enabled:
         clip = sarp(clip, cfg.sarp.noise_scale, cfg.sarp.threshold, _generator(cfg.seed))
@@ -287,7 +313,80 @@ def invert_source(
     done()
     if am.enabled:
         log.info("attention records: %.1f MB per step", store.nbytes(0) / 1e6)
+    if entry is not None:
+        if store.nbytes() <= cfg.paths.max_cached_records_gb * 1e9:
+            entry.save({"latents": {"latents": inverted}, "records": store_to_tensors(store)})
+        else:
+            log.info(
+                "attention records of %.1f GB exceed paths.max_cached_records_gb=%g: not cached",
+                store.nbytes() / 1e9,
+                cfg.paths.max_cached_records_gb,
+            )
     return SourceInversion(inverted, store)
+
+
+def inversion_entry(
+    cfg: DictConfig, inputs: EditInputs, clip: Clip, identity: str, dtype
+) -> TensorEntry:
+    """The cache entry of a clip's inversion: keyed by all that determines it."""
+    data, am = cfg.data, cfg.attention_matching
+    key = {
+        "source": content_digest(inputs.video_path),
+        "sampling": {
+            k: data[k]
+            for k in ("sample_fps", "start_t", "end_t", "chunk_size", "overlay_size", "folder_fps")
+        },
+        "clip": clip.clip_id,
+        "resolution": list(data.output_res),
+        "pad_to_fit": data.pad_to_fit,
+        "model": identity,
+        "dtype": str(dtype),
+        "num_steps": cfg.num_steps,
+        "sarp": OmegaConf.to_container(cfg.sarp),
+        "inversion": cfg.inversion.method,
+        "conditioning": {
+            k: cfg.conditioning[k] for k in ("fps", "motion_bucket_id", "noise_aug_strength")
+        },
+        "seed": cfg.seed,
+        "records": am.enabled,
+        "pairing": am.pairing,
+    }
+    return TensorEntry(
+        cfg.paths.cache_dir, "inversion", f"{inputs.video_path.stem}-clip{clip.clip_id}", key
+    )
+
+
+def edit_entry(
+    cfg: DictConfig,
+    inversion: TensorEntry,
+    keyframe: Keyframe,
+    lora: LoraPlan | None,
+    previous: str | None,
+) -> TensorEntry:
+    """The cache entry of one edit of one clip: the inversion it starts from, the edit's own
+    settings, the LoRA, and the previous clip's entry of the same edit (the chain)."""
+    am = cfg.attention_matching
+    key = {
+        "inversion": inversion.key,
+        "keyframe": content_digest(keyframe.path) if previous is None else None,
+        "previous": previous,
+        "beta": list(keyframe.beta),
+        "mask_thr": list(keyframe.mask_thr),
+        "matching": {
+            k: am[k]
+            for k in (
+                "enabled",
+                "spatial_self_replace_steps",
+                "temporal_self_replace_steps",
+                "pairing",
+            )
+        },
+        "lora": None if lora is None else [str(lora.checkpoint), cfg.lora.scale],
+        "guidance": [cfg.conditioning.min_guidance_scale, cfg.conditioning.max_guidance_scale],
+        "decode_chunk_size": cfg.model.decode_chunk_size,
+    }
+    name = f"{inversion.folder.name.rsplit('-', 1)[0]}-{keyframe.stem}"
+    return TensorEntry(cfg.paths.cache_dir, "edits", name, key)
 
 
 @dataclass
@@ -364,7 +463,12 @@ def run_edit(cfg: DictConfig, model: LoadedModel | None = None) -> EditResult:
     ]
     device = model.device if model is not None else resolve_device(cfg.device)
     dtype = model.dtype if model is not None else resolve_dtype(cfg.dtype, device)
-    clip_plans = plan_clips(cfg, inputs, dtype)
+    identity = (
+        model.identity
+        if model is not None
+        else model_identity(cfg.model.kind, cfg.model.path, cfg.model.seed)
+    )
+    clip_plans = plan_clips(cfg, inputs, identity, dtype)
     inputs.source.log_summary()
     show_plan(cfg, inputs, clip_plans)
     seconds: dict[str, float] = {}
@@ -394,24 +498,42 @@ def run_edit(cfg: DictConfig, model: LoadedModel | None = None) -> EditResult:
     record_bytes = 0
     for clip_plan in clip_plans:
         clip = clip_plan.clip
+        pending = []
+        for keyframe in inputs.keyframes:
+            cached = clip_plan.edits[keyframe.stem].load()
+            if cached is None:
+                pending.append(keyframe)
+                continue
+            log.info("cache hit: %s", clip_plan.edits[keyframe.stem])
+            written = cached["frames"]["frames"]
+            link = cached["link"]
+            chains[keyframe.stem] = ChainLink(
+                link["image"].to(model.device),
+                link["latent"].to(model.device),
+                written[len(written) - overlay :],
+            )
+            outputs[keyframe.stem].append(written)
+        if not pending:
+            continue
         if clip_plan.lora is not None and clip_plan.lora.train:
             done = _stopwatch(seconds, "train")
             _train_missing(cfg, model, inputs, clip_plan, out_dir)
             done()
         with torch.inference_mode():
             frames = plan.forward(to_model_frames(clip.frames)).to(model.device)
-            source = invert_source(cfg, model, frames, sigmas, seconds)  # 4 (never with the LoRA)
+            source = invert_source(cfg, model, frames, sigmas, seconds, clip_plan.inversion)  # 4
             record_bytes = max(record_bytes, source.store.nbytes(0))
-            if clip_plan.lora is not None:
+            if clip_plan.lora is not None:  # inversion never runs with the LoRA
                 load_lora(model.unet, clip_plan.lora.checkpoint, cfg.lora.scale)
                 log.info(
                     "motion LoRA: loaded %s (scale %g)", clip_plan.lora.checkpoint, cfg.lora.scale
                 )
             try:
-                for keyframe, keyframe_plan in zip(inputs.keyframes, keyframe_plans, strict=True):
+                for keyframe in pending:
                     done = _stopwatch(seconds, "sampling")
                     link = chains.get(keyframe.stem)
                     if link is None:  # the first clip: the edited first frame
+                        keyframe_plan = keyframe_plans[inputs.keyframes.index(keyframe)]
                         image = keyframe_plan.forward(to_model_frames(keyframe.image[None]))
                         image = image.to(model.device)
                         cond = encode_condition(
@@ -439,12 +561,17 @@ def run_edit(cfg: DictConfig, model: LoadedModel | None = None) -> EditResult:
                         link is not None and overlay
                     ):  # the shared frames: exactly the previous clip's
                         written[:overlay] = link.frames
-                    outputs[keyframe.stem].append(written)
-                    chains[keyframe.stem] = ChainLink(
-                        decoded[-1:].to(model.device),
-                        latents[0, -1:],
-                        written[len(written) - overlay :],
+                    new_link = ChainLink(
+                        decoded[-1:], latents[0, -1:], written[len(written) - overlay :]
                     )
+                    clip_plan.edits[keyframe.stem].save(
+                        {
+                            "frames": {"frames": written},
+                            "link": {"image": new_link.image, "latent": new_link.latent},
+                        }
+                    )
+                    chains[keyframe.stem] = new_link
+                    outputs[keyframe.stem].append(written)
                     done()
             finally:
                 if clip_plan.lora is not None:
