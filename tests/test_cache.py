@@ -142,3 +142,31 @@ def test_killed_run_resumes_to_the_same_output(source_video, keyframe, tmp_path)
     b = read_video_frames(tmp_path / "resumed" / "blue.mp4").float()
     assert a.shape == b.shape and a.shape[0] == 22
     assert (a - b).abs().mean() < 2.0
+
+
+def test_cache_command_lists_sizes_and_clears(tiny_model, edit_overrides, tmp_path, capsys):
+    from i2vedit.cache_cli import main, scan
+
+    cache = tmp_path / "cache"
+    _run(
+        [*edit_overrides[:-1], f"paths.cache_dir={cache}", "name=square"],
+        tmp_path / "a",
+        tiny_model,
+    )
+    (cache / "inversion" / ".square-clip0-x.tmp-123").mkdir()  # a leftover of a killed write
+    kinds = sorted(e.kind for e in scan(cache))
+    assert kinds == ["demo", "edits", "inversion", "inversion"] or kinds == [
+        "edits",
+        "inversion",
+        "inversion",
+    ]
+    assert main(["list", "--cache-dir", str(cache)]) == 0
+    listed = capsys.readouterr().err
+    assert "square-clip0-" in listed and "(leftover)" in listed
+    assert main(["size", "--cache-dir", str(cache), "--item", "square"]) == 0
+    assert "total" in capsys.readouterr().err
+    assert main(["clear", "--cache-dir", str(cache), "--item", "square", "--kind", "edits"]) == 0
+    assert not scan(cache, kind="edits") and scan(cache, item="square", kind="inversion")
+    assert main(["clear", "--cache-dir", str(cache)]) == 0
+    assert scan(cache) == []
+    assert main(["list", "--cache-dir", str(tmp_path / "missing")]) == 2

@@ -137,6 +137,8 @@ class TrainConfig:
     seed: int = 42
     device: str = "auto"
     output_dir: str = MISSING
+    #: the item's name: names its cache entries (i2vedit-cache --item NAME); None: video stem
+    name: str | None = None
 
 
 @dataclass

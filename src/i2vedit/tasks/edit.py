@@ -44,7 +44,7 @@ from i2vedit.sampling.edm import (
     karras_sigmas,
 )
 from i2vedit.sampling.sampler import sample
-from i2vedit.tasks.source import Clip, Source, lora_root, read_source
+from i2vedit.tasks.source import Clip, Source, item_name, lora_root, read_source
 from i2vedit.training.lora import load_lora, remove_lora
 from i2vedit.training.module import checkpoint_steps
 
@@ -352,7 +352,10 @@ def inversion_entry(
         "pairing": am.pairing,
     }
     return TensorEntry(
-        cfg.paths.cache_dir, "inversion", f"{inputs.video_path.stem}-clip{clip.clip_id}", key
+        cfg.paths.cache_dir,
+        "inversion",
+        f"{item_name(cfg, inputs.video_path)}-clip{clip.clip_id}",
+        key,
     )
 
 

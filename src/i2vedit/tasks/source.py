@@ -81,6 +81,11 @@ def read_source(cfg: DictConfig) -> Source:
     return Source(video_path, keyframe_paths, clips, fps, len(sampled.frames), len(ranges))
 
 
+def item_name(cfg: DictConfig, video_path: Path) -> str:
+    """What names the item's cache entries: ``name`` if set, else the video's file stem."""
+    return cfg.name or video_path.stem
+
+
 def lora_root(cfg: DictConfig, video_path: Path, precision: str) -> tuple[Path, dict]:
     """The cache folder of an item's motion LoRAs (``<root>/clip_<k>/checkpoint-<step>/``) and
     the inputs its key hashes: everything that changes the trained weights."""
@@ -102,5 +107,9 @@ def lora_root(cfg: DictConfig, video_path: Path, precision: str) -> tuple[Path, 
         "conditioning": OmegaConf.to_container(cfg.conditioning),
         "seed": cfg.seed,
     }
-    root = Path(cfg.paths.cache_dir).expanduser() / "lora" / f"{video_path.stem}-{key_of(inputs)}"
+    root = (
+        Path(cfg.paths.cache_dir).expanduser()
+        / "lora"
+        / f"{item_name(cfg, video_path)}-{key_of(inputs)}"
+    )
     return root, inputs
