@@ -32,6 +32,7 @@ def test_groups_are_the_documented_ones():
         "data",
         "inversion",
         "item",
+        "long_video",
         "lora",
         "model",
         "sarp",

@@ -204,3 +204,42 @@ def test_three_clips_chain_without_repeating_the_overlap(tiny_model, edit_overri
     video = read_video_frames(result.edited[0])
     assert len(video) == 22 == sum(p.new_frames for p in result.plan)
     assert len(read_video_frames(result.source)) == 22
+
+
+def test_continue_an_edit_from_a_saved_last_frame(tiny_model, edit_overrides, tmp_path):
+    overrides = [o for o in edit_overrides if not o.startswith(("data.end_clip_id", "output_dir"))]
+    fast = ["data.end_t=1.83", "attention_matching=off", "inversion=none", "sarp=off"]
+    whole = run_edit(
+        compose_edit([*overrides, *fast, f"output_dir={tmp_path / 'whole'}"]), model=tiny_model
+    )
+    first = run_edit(
+        compose_edit([*overrides, *fast, "data.end_clip_id=1", f"output_dir={tmp_path / 'first'}"]),
+        model=tiny_model,
+    )
+    (saved,) = first.last_frames
+    assert saved.name == "blue_last.safetensors"
+    rest = run_edit(
+        compose_edit(
+            [
+                *overrides,
+                *fast,
+                "data.begin_clip_id=2",
+                f"long_video.load_from_last_frames_latents=[{saved}]",
+                f"paths.cache_dir={tmp_path / 'fresh_cache'}",  # computed, not taken from the cache
+                f"output_dir={tmp_path / 'rest'}",
+            ]
+        ),
+        model=tiny_model,
+    )
+    assert torch.equal(rest.clip_frames["blue"][0], whole.clip_frames["blue"][2])
+    assert len(read_video_frames(rest.edited[0])) == 7  # the clip's new frames only
+    wrong = compose_edit(
+        [
+            *overrides,
+            *fast,
+            "data.begin_clip_id=1",
+            f"long_video.load_from_last_frames_latents=[{saved}]",
+        ]
+    )
+    with pytest.raises(InputError, match="continue with data.begin_clip_id=2"):
+        run_edit(wrong, model=tiny_model)

@@ -142,7 +142,19 @@ class TrainConfig:
 
 
 @dataclass
+class LongVideoConfig:
+    """How clips follow each other (autoregressive chaining; skip-interval attention is not
+    implemented yet)."""
+
+    mode: str = "autoregressive"
+    #: one ``<keyframe stem>_last.safetensors`` of an earlier run per keyframe: continue the
+    #: edit from its clip (set data.begin_clip_id to the clip after it)
+    load_from_last_frames_latents: list[str] | None = None
+
+
+@dataclass
 class EditConfig(TrainConfig):
+    long_video: LongVideoConfig = field(default_factory=LongVideoConfig)
     sarp: SarpConfig = field(default_factory=SarpConfig)
     inversion: InversionConfig = field(default_factory=InversionConfig)
     num_steps: int = 25
@@ -293,6 +305,14 @@ def validate_edit_config(cfg: DictConfig) -> None:
     data, am = cfg.data, cfg.attention_matching
     if cfg.inversion.method not in ("edm", "none"):
         raise InputError("inversion.method", cfg.inversion.method, "expected edm or none")
+    if cfg.long_video.mode != "autoregressive":
+        raise InputError("long_video.mode", cfg.long_video.mode, "expected autoregressive")
+    if cfg.long_video.load_from_last_frames_latents and cfg.data.begin_clip_id == 0:
+        raise InputError(
+            "long_video.load_from_last_frames_latents",
+            list(cfg.long_video.load_from_last_frames_latents),
+            "continuing needs data.begin_clip_id > 0 (the clip after the saved one)",
+        )
     if am.pairing not in ("reference", "exact"):
         raise InputError("attention_matching.pairing", am.pairing, "expected reference or exact")
     if am.store != "memory":

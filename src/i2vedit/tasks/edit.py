@@ -8,6 +8,7 @@ of each edit with attention matching, 6 decode and write.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -72,6 +73,9 @@ class EditInputs:
 
     source: Source  #: the selected clips with their sampled source frames
     keyframes: list[Keyframe]
+    #: per keyframe stem, the saved last frame of an earlier run that this run continues
+    continued: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
+    continued_digests: dict[str, str] = field(default_factory=dict)
 
     @property
     def video_path(self) -> Path:
@@ -105,10 +109,11 @@ class EditResult:
     clip_frames: dict[str, list[torch.Tensor]] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
     record_bytes_per_step: int = 0
+    last_frames: list[Path] = field(default_factory=list)  #: per keyframe, to continue later
 
     @property
     def written(self) -> list[Path]:
-        return [*self.edited, self.source, self.config]
+        return [*self.edited, self.source, self.config, *self.last_frames]
 
 
 def read_inputs(cfg: DictConfig) -> EditInputs:
@@ -135,7 +140,21 @@ def read_inputs(cfg: DictConfig) -> EditInputs:
                 str(keyframe.path),
                 f"'{SOURCE_NAME}' is the resampled source's name",
             )
-    return EditInputs(source, keyframes)
+    continued, digests = {}, {}
+    paths = cfg.long_video.load_from_last_frames_latents
+    if paths:
+        if len(paths) != len(keyframes):
+            raise InputError(
+                "long_video.load_from_last_frames_latents",
+                list(paths),
+                f"give one saved last frame per keyframe ({len(keyframes)})",
+            )
+        for keyframe, path in zip(keyframes, paths, strict=True):
+            continued[keyframe.stem] = load_last_frame(
+                Path(path), source.clips[0].clip_id, source.clips[0]
+            )
+            digests[keyframe.stem] = content_digest(path)
+    return EditInputs(source, keyframes, continued, digests)
 
 
 @dataclass
@@ -181,9 +200,10 @@ def plan_clips(
 ) -> list[ClipPlan]:
     """Per clip: its LoRA, its cache entries and the frames it adds to the output (all known
     before any model loads)."""
-    plans, position, previous = [], 0, {}
+    plans, position = [], 0
+    previous = {stem: digest for stem, digest in inputs.continued_digests.items()}
     for i, clip in enumerate(inputs.source.clips):
-        new = len(clip.frames) - (cfg.data.overlay_size if i else 0)
+        new = len(clip.frames) - (cfg.data.overlay_size if i or inputs.continued else 0)
         lora = plan_lora(cfg, inputs.video_path, clip, dtype)
         inversion = inversion_entry(cfg, inputs, clip, identity, dtype)
         edits = {
@@ -392,6 +412,49 @@ def edit_entry(
     return TensorEntry(cfg.paths.cache_dir, "edits", name, key)
 
 
+LAST_FRAME_SUFFIX = "_last.safetensors"
+
+
+def save_last_frame(path: Path, link: ChainLink, clip_id: int) -> None:
+    """Save an edit's last frame (image, latent, overlap frames) so a later run can continue
+    it from clip ``clip_id + 1`` (``long_video.load_from_last_frames_latents``)."""
+    from safetensors.torch import save_file
+
+    tmp = path.with_name(f".{path.name}.tmp")
+    tensors = {"image": link.image, "latent": link.latent, "frames": link.frames}
+    save_file(
+        {k: v.detach().cpu().contiguous() for k, v in tensors.items()},
+        tmp,
+        {"clip_id": str(clip_id)},
+    )
+    os.replace(tmp, path)
+
+
+def load_last_frame(path: Path, begin_clip_id: int, clip: Clip) -> dict[str, torch.Tensor]:
+    """Read and check a saved last frame: it must end the clip before ``begin_clip_id``."""
+    from safetensors import safe_open
+
+    key = "long_video.load_from_last_frames_latents"
+    if not path.is_file():
+        raise InputError(key, str(path), "file not found")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            saved_clip = int(f.metadata()["clip_id"])
+            tensors = {k: f.get_tensor(k) for k in ("image", "latent", "frames")}
+    except Exception as err:  # any unreadable file is the user's bad input
+        raise InputError(key, str(path), f"not a saved last frame ({type(err).__name__})") from None
+    if saved_clip != begin_clip_id - 1:
+        raise InputError(
+            key,
+            str(path),
+            f"it ends clip {saved_clip}, so continue with data.begin_clip_id={saved_clip + 1} "
+            f"(not {begin_clip_id})",
+        )
+    if tuple(tensors["frames"].shape[1:]) != tuple(clip.frames.shape[1:]):
+        raise InputError(key, str(path), "saved from a video of another resolution")
+    return tensors
+
+
 @dataclass
 class ChainLink:
     """The last edited frame of a clip, which conditions the next clip of the same edit."""
@@ -496,7 +559,10 @@ def run_edit(cfg: DictConfig, model: LoadedModel | None = None) -> EditResult:
         target_hw[0] // scale,
         target_hw[1] // scale,
     )
-    chains: dict[str, ChainLink] = {}
+    chains: dict[str, ChainLink] = {
+        stem: ChainLink(t["image"].to(model.device), t["latent"].to(model.device), t["frames"])
+        for stem, t in inputs.continued.items()
+    }
     outputs: dict[str, list[torch.Tensor]] = {k.stem: [] for k in inputs.keyframes}
     record_bytes = 0
     for clip_plan in clip_plans:
@@ -580,16 +646,28 @@ def run_edit(cfg: DictConfig, model: LoadedModel | None = None) -> EditResult:
                 if clip_plan.lora is not None:
                     remove_lora(model.unet)
         del source
-    edited = []
+    edited, last_frames = [], []
     for keyframe in inputs.keyframes:
         clips = outputs[keyframe.stem]
-        video = torch.cat([clips[0], *(c[overlay:] for c in clips[1:])])
+        first = clips[0][overlay:] if inputs.continued else clips[0]  # continued: no repeat
+        video = torch.cat([first, *(c[overlay:] for c in clips[1:])])
         edited.append(write_video(out_dir / f"{keyframe.stem}.mp4", video, inputs.fps))
         log.info("wrote %s (%d frames)", edited[-1], len(video))
+        last_frames.append(out_dir / f"{keyframe.stem}{LAST_FRAME_SUFFIX}")
+        save_last_frame(last_frames[-1], chains[keyframe.stem], clip_plans[-1].clip.clip_id)
     source_clips = [c.clip.frames for c in clip_plans]
-    source_video = torch.cat([source_clips[0], *(c[overlay:] for c in source_clips[1:])])
+    first = source_clips[0][overlay:] if inputs.continued else source_clips[0]
+    source_video = torch.cat([first, *(c[overlay:] for c in source_clips[1:])])
     source_path = write_video(out_dir / SOURCE_NAME, source_video, inputs.fps)
     log.info("seconds per stage: %s", ", ".join(f"{k} {v:.2f}" for k, v in seconds.items()))
     return EditResult(
-        out_dir, edited, source_path, config_path, clip_plans, outputs, seconds, record_bytes
+        out_dir,
+        edited,
+        source_path,
+        config_path,
+        clip_plans,
+        outputs,
+        seconds,
+        record_bytes,
+        last_frames,
     )
