@@ -46,7 +46,7 @@ def _run(overrides, out, tiny_model):
 
 
 def test_second_run_recomputes_nothing_and_beta_reuses_inversion(
-    tiny_model, edit_overrides, tmp_path, counts, caplog
+    tiny_model, edit_overrides, tmp_path, counts, caplog, monkeypatch
 ):
     base = [
         *edit_overrides[:-2],
@@ -63,6 +63,9 @@ def test_second_run_recomputes_nothing_and_beta_reuses_inversion(
     assert counts == {"invert": 1, "train_steps": 2}  # nothing new
     assert "cache hit: edits" in caplog.text
     assert torch.equal(first.clip_frames["blue"][0], second.clip_frames["blue"][0])
+    with monkeypatch.context() as m:  # every edit cached: no model is even loaded
+        m.setattr(edit_task, "load_model", lambda *a, **k: pytest.fail("model loaded"))
+        run_edit(compose_edit([*base, f"output_dir={tmp_path / 'f'}"]))
     caplog.clear()
     with caplog.at_level("INFO", logger="i2vedit"):
         _run([*base, "attention_matching.beta=[0.3,0.6]"], tmp_path / "c", tiny_model)

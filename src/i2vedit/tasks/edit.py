@@ -538,29 +538,21 @@ def run_edit(cfg: DictConfig, model: LoadedModel | None = None) -> EditResult:
     inputs.source.log_summary()
     show_plan(cfg, inputs, clip_plans)
     seconds: dict[str, float] = {}
-    done = _stopwatch(seconds, "load")
-    model = model or _model(cfg, device, dtype)  # 3
-    done()
+    cached = all((e.folder / MANIFEST).is_file() for p in clip_plans for e in p.edits.values())
+    if model is None and not cached:  # 3 (a run whose every edit is cached needs no model)
+        done = _stopwatch(seconds, "load")
+        model = _model(cfg, device, dtype)
+        done()
 
     out_dir = Path(cfg.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     config_path = out_dir / CONFIG_NAME
     config_path.write_text(OmegaConf.to_yaml(cfg, resolve=True))
 
-    pipe, overlay = model.pipe, data.overlay_size
+    overlay = data.overlay_size
     params = ConditioningParams(**cfg.conditioning)
-    sigmas = karras_sigmas(pipe, cfg.num_steps)
-    frames_per_clip = len(inputs.source.clips[0].frames)
-    scale = pipe.vae_scale_factor
-    latent_shape = (
-        1,
-        frames_per_clip,
-        model.unet.config.out_channels,
-        target_hw[0] // scale,
-        target_hw[1] // scale,
-    )
     chains: dict[str, ChainLink] = {
-        stem: ChainLink(t["image"].to(model.device), t["latent"].to(model.device), t["frames"])
+        stem: ChainLink(t["image"].to(device), t["latent"].to(device), t["frames"])
         for stem, t in inputs.continued.items()
     }
     outputs: dict[str, list[torch.Tensor]] = {k.stem: [] for k in inputs.keyframes}
@@ -577,13 +569,18 @@ def run_edit(cfg: DictConfig, model: LoadedModel | None = None) -> EditResult:
             written = cached["frames"]["frames"]
             link = cached["link"]
             chains[keyframe.stem] = ChainLink(
-                link["image"].to(model.device),
-                link["latent"].to(model.device),
+                link["image"].to(device),
+                link["latent"].to(device),
                 written[len(written) - overlay :],
             )
             outputs[keyframe.stem].append(written)
         if not pending:
             continue
+        pipe = model.pipe
+        sigmas = karras_sigmas(pipe, cfg.num_steps)
+        scale = pipe.vae_scale_factor
+        h, w = target_hw[0] // scale, target_hw[1] // scale
+        latent_shape = (1, len(clip.frames), model.unet.config.out_channels, h, w)
         if clip_plan.lora is not None and clip_plan.lora.train:
             done = _stopwatch(seconds, "train")
             _train_missing(cfg, model, inputs, clip_plan, out_dir)
