@@ -243,3 +243,39 @@ def test_continue_an_edit_from_a_saved_last_frame(tiny_model, edit_overrides, tm
     )
     with pytest.raises(InputError, match="continue with data.begin_clip_id=2"):
         run_edit(wrong, model=tiny_model)
+
+
+@pytest.mark.parametrize(
+    "mode",
+    [
+        "long_video=skip_interval",
+        "use_consistency_attention_control=true",
+        "long_video=autoregressive",
+    ],
+)
+def test_skip_interval_attention_sees_clip_0(mode, tiny_model, edit_overrides, monkeypatch):
+    from i2vedit.attention.control import AttentionController, AttentionMatcher, AttentionRecorder
+
+    seen = []
+    original = AttentionController.temporal_kv
+
+    def spy(self, layer, k, v):
+        k2, v2 = original(self, layer, k, v)
+        if layer.kind == "temporal":
+            kind = "inversion" if isinstance(self, AttentionRecorder) else "sampling"
+            assert isinstance(self, AttentionRecorder | AttentionMatcher)
+            seen.append((kind, self.kv_extra is not None, k.shape[-2], k2.shape[-2]))
+        return k2, v2
+
+    monkeypatch.setattr(AttentionController, "temporal_kv", spy)
+    overrides = [o for o in edit_overrides if not o.startswith("data.end_clip_id")]
+    cfg = compose_edit([*overrides, "data.end_t=1.83", "num_steps=2", mode])
+    result = run_edit(cfg, model=tiny_model)
+    assert len(read_video_frames(result.edited[0])) == 22
+    with_extra = {(kind, n) for kind, extra, _, n in seen if extra}
+    without = {(kind, n) for kind, extra, _, n in seen if not extra}
+    if mode.endswith("autoregressive"):
+        assert with_extra == set() and without == {("inversion", 8), ("sampling", 8)}
+    else:  # clips 1 and 2 see clip 0's 8 frames beside their own 8, in inversion and sampling
+        assert with_extra == {("inversion", 16), ("sampling", 16)}
+        assert without == {("inversion", 8), ("sampling", 8)}  # clip 0 itself

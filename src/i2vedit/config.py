@@ -143,8 +143,8 @@ class TrainConfig:
 
 @dataclass
 class LongVideoConfig:
-    """How clips follow each other (autoregressive chaining; skip-interval attention is not
-    implemented yet)."""
+    """How clips follow each other: ``autoregressive`` chaining, or ``skip_interval``, where the
+    temporal self-attention of clips k > 0 also attends to clip 0's keys and values."""
 
     mode: str = "autoregressive"
     #: one ``<keyframe stem>_last.safetensors`` of an earlier run per keyframe: continue the
@@ -155,6 +155,8 @@ class LongVideoConfig:
 @dataclass
 class EditConfig(TrainConfig):
     long_video: LongVideoConfig = field(default_factory=LongVideoConfig)
+    #: the reference's name for long_video=skip_interval
+    use_consistency_attention_control: bool = False
     sarp: SarpConfig = field(default_factory=SarpConfig)
     inversion: InversionConfig = field(default_factory=InversionConfig)
     num_steps: int = 25
@@ -305,8 +307,18 @@ def validate_edit_config(cfg: DictConfig) -> None:
     data, am = cfg.data, cfg.attention_matching
     if cfg.inversion.method not in ("edm", "none"):
         raise InputError("inversion.method", cfg.inversion.method, "expected edm or none")
-    if cfg.long_video.mode != "autoregressive":
-        raise InputError("long_video.mode", cfg.long_video.mode, "expected autoregressive")
+    if cfg.use_consistency_attention_control:
+        cfg.long_video.mode = "skip_interval"  # the reference's switch, same meaning
+    if cfg.long_video.mode not in ("autoregressive", "skip_interval"):
+        raise InputError(
+            "long_video.mode", cfg.long_video.mode, "expected autoregressive or skip_interval"
+        )
+    if cfg.long_video.mode == "skip_interval" and cfg.data.begin_clip_id != 0:
+        raise InputError(
+            "data.begin_clip_id",
+            cfg.data.begin_clip_id,
+            "long_video=skip_interval attends to clip 0, so it must start there",
+        )
     if cfg.long_video.load_from_last_frames_latents and cfg.data.begin_clip_id == 0:
         raise InputError(
             "long_video.load_from_last_frames_latents",

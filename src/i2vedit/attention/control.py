@@ -36,10 +36,31 @@ class AttentionController:
     def __init__(self) -> None:
         self.step = 0
         self.guided = False
+        #: skip-interval attention: temporal keys/values of this pass are kept here (clip 0) ...
+        self.kv_capture: AttentionStore | None = None
+        #: ... and those of clip 0 at the same step are appended to this pass's (clips k > 0)
+        self.kv_extra: AttentionStore | None = None
+
+    def temporal_kv(
+        self, layer: AttentionLayer, k: torch.Tensor, v: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Skip-interval attention on a temporal layer: record this clip's keys and values,
+        and/or let it also attend to clip 0's (concatenated along the frame axis)."""
+        if layer.kind == SPATIAL:
+            return k, v
+        if self.kv_capture is not None:
+            self.kv_capture.put(self.step, layer.path, "k", k)
+            self.kv_capture.put(self.step, layer.path, "v", v)
+        if self.kv_extra is not None:
+            k0 = self.kv_extra.get(self.step, layer.path, "k").to(k.dtype)
+            v0 = self.kv_extra.get(self.step, layer.path, "v").to(v.dtype)
+            k, v = torch.cat([k, k0], dim=-2), torch.cat([v, v0], dim=-2)
+        return k, v
 
     def attend(
         self, layer: AttentionLayer, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float
     ) -> torch.Tensor:
+        k, v = self.temporal_kv(layer, k, v)
         return F.scaled_dot_product_attention(q, k, v, scale=scale)
 
     def split(self, x: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor]:
@@ -59,6 +80,7 @@ class AttentionRecorder(AttentionController):
         self.store = store
 
     def attend(self, layer, q, k, v, scale):
+        k, v = self.temporal_kv(layer, k, v)
         _, q_c = self.split(q)
         _, k_c = self.split(k)
         if layer.kind == SPATIAL:
@@ -100,6 +122,7 @@ class AttentionMatcher(AttentionController):
         self.params = params
 
     def attend(self, layer, q, k, v, scale):
+        k, v = self.temporal_kv(layer, k, v)
         p, t = self.params, self.step
         active = t < (p.spatial_steps if layer.kind == SPATIAL else p.temporal_steps) * p.num_steps
         if not active:

@@ -31,7 +31,9 @@ class MemoryStore:
         value = value.detach()
         if self.dtype is not None:
             value = value.to(self.dtype)
-        self._data[(index, layer, name)] = value
+        # contiguous: the same layout whether a record was made now or read from the cache,
+        # so the matmuls that use it (and the edit) come out identical to the bit
+        self._data[(index, layer, name)] = value.contiguous()
 
     def get(self, index: int, layer: str, name: str) -> torch.Tensor:
         try:

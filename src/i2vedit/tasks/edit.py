@@ -288,6 +288,19 @@ def _stopwatch(seconds: dict[str, float], name: str):
     return lambda: seconds.__setitem__(name, seconds.get(name, 0.0) + time.perf_counter() - start)
 
 
+@dataclass
+class KeyValues:
+    """Skip-interval attention for one pass: where clip 0's temporal keys and values are kept
+    (``capture``, while clip 0 runs) or read from (``extra``, while a later clip runs)."""
+
+    capture: MemoryStore | None = None
+    extra: MemoryStore | None = None
+
+    def apply(self, controller: AttentionController) -> AttentionController:
+        controller.kv_capture, controller.kv_extra = self.capture, self.extra
+        return controller
+
+
 def invert_source(
     cfg: DictConfig,
     model: LoadedModel,
@@ -295,17 +308,22 @@ def invert_source(
     sigmas: torch.Tensor,
     seconds: dict[str, float],
     entry: TensorEntry | None = None,
+    kv: KeyValues | None = None,
 ) -> SourceInversion:
     """Stage 4: SARP, VAE encoding and EDM inversion of the clip (F, 3, h, w), recording the
     source's attention when matching is on; taken from (and saved to) the cache ``entry``."""
-    am, store = cfg.attention_matching, MemoryStore(dtype=model.dtype)
+    am, store, kv = cfg.attention_matching, MemoryStore(dtype=model.dtype), kv or KeyValues()
     if cfg.inversion.method == "none":
         return SourceInversion(None, store)
     cached = entry.load() if entry is not None else None
-    if cached is not None:
+    if cached is not None and (kv.capture is None or "kv" in cached):
         log.info("cache hit: %s", entry)
         latents = cached["latents"]["latents"].to(model.device)
         records = cached.get("records", {})
+        if kv.capture is not None:
+            for key, value in cached["kv"].items():
+                index, layer, name = key.split("|")
+                kv.capture.put(int(index), layer, name, value.to(model.device))
         return SourceInversion(latents, store_from_tensors(records, model.device))
     done = _stopwatch(seconds, "sarp")
     if cfg.sarp.enabled:
@@ -316,7 +334,7 @@ def invert_source(
     latents = encode_video(pipe, clip, cfg.model.decode_chunk_size)
     params = ConditioningParams(**cfg.conditioning)
     cond = encode_condition(pipe, clip[:1], params, len(clip), _generator(cfg.seed), guided=False)
-    recorder = AttentionRecorder(store) if am.enabled else AttentionController()
+    recorder = kv.apply(AttentionRecorder(store) if am.enabled else AttentionController())
     with (
         controlled_attention(model.unet, recorder),
         step_progress("inversion", cfg.num_steps) as advance,
@@ -335,7 +353,10 @@ def invert_source(
         log.info("attention records: %.1f MB per step", store.nbytes(0) / 1e6)
     if entry is not None:
         if store.nbytes() <= cfg.paths.max_cached_records_gb * 1e9:
-            entry.save({"latents": {"latents": inverted}, "records": store_to_tensors(store)})
+            files = {"latents": {"latents": inverted}, "records": store_to_tensors(store)}
+            if kv.capture is not None:
+                files["kv"] = store_to_tensors(kv.capture)
+            entry.save(files)
         else:
             log.info(
                 "attention records of %.1f GB exceed paths.max_cached_records_gb=%g: not cached",
@@ -370,6 +391,7 @@ def inversion_entry(
         "seed": cfg.seed,
         "records": am.enabled,
         "pairing": am.pairing,
+        "long_video": cfg.long_video.mode,
     }
     return TensorEntry(
         cfg.paths.cache_dir,
@@ -473,6 +495,7 @@ def edit_clip(
     sigmas: torch.Tensor,
     latent_shape: tuple[int, ...],
     label: str,
+    kv: KeyValues | None = None,
 ) -> torch.Tensor:
     """Stage 5: guided sampling of one edit of one clip, from the inverted latents and with the
     source's attention matched. Returns clean latents."""
@@ -493,7 +516,9 @@ def edit_clip(
         )
         controller = AttentionMatcher(source.store, matching)
     with (
-        controlled_attention(model.unet, controller or AttentionController()),
+        controlled_attention(
+            model.unet, (kv or KeyValues()).apply(controller or AttentionController())
+        ),
         step_progress(label, n) as advance,
     ):
         guidance = guidance_scales(ConditioningParams(**cfg.conditioning), latent_shape[1])
@@ -557,15 +582,23 @@ def run_edit(cfg: DictConfig, model: LoadedModel | None = None) -> EditResult:
     }
     outputs: dict[str, list[torch.Tensor]] = {k.stem: [] for k in inputs.keyframes}
     record_bytes = 0
-    for clip_plan in clip_plans:
+    skip = cfg.long_video.mode == "skip_interval"  # clips k > 0 also attend to clip 0
+    source_kv = MemoryStore() if skip else None
+    edit_kv = {k.stem: MemoryStore() for k in inputs.keyframes} if skip else {}
+    for index, clip_plan in enumerate(clip_plans):
         clip = clip_plan.clip
+        first = index == 0
         pending = []
         for keyframe in inputs.keyframes:
             cached = clip_plan.edits[keyframe.stem].load()
-            if cached is None:
+            if cached is None or (skip and first and "kv" not in cached):
                 pending.append(keyframe)
                 continue
             log.info("cache hit: %s", clip_plan.edits[keyframe.stem])
+            if skip and first:
+                for key, value in cached["kv"].items():
+                    step, layer, name = key.split("|")
+                    edit_kv[keyframe.stem].put(int(step), layer, name, value.to(device))
             written = cached["frames"]["frames"]
             link = cached["link"]
             chains[keyframe.stem] = ChainLink(
@@ -574,7 +607,10 @@ def run_edit(cfg: DictConfig, model: LoadedModel | None = None) -> EditResult:
                 written[len(written) - overlay :],
             )
             outputs[keyframe.stem].append(written)
-        if not pending:
+        later_pending = not all(
+            (e.folder / MANIFEST).is_file() for p in clip_plans[1:] for e in p.edits.values()
+        )
+        if not pending and not (skip and first and later_pending):
             continue
         pipe = model.pipe
         sigmas = karras_sigmas(pipe, cfg.num_steps)
@@ -587,7 +623,16 @@ def run_edit(cfg: DictConfig, model: LoadedModel | None = None) -> EditResult:
             done()
         with torch.inference_mode():
             frames = plan.forward(to_model_frames(clip.frames)).to(model.device)
-            source = invert_source(cfg, model, frames, sigmas, seconds, clip_plan.inversion)  # 4
+            source_pass = KeyValues(capture=source_kv) if first else KeyValues(extra=source_kv)
+            source = invert_source(  # 4
+                cfg,
+                model,
+                frames,
+                sigmas,
+                seconds,
+                clip_plan.inversion,
+                source_pass if skip else None,
+            )
             record_bytes = max(record_bytes, source.store.nbytes(0))
             if clip_plan.lora is not None:  # inversion never runs with the LoRA
                 load_lora(model.unet, clip_plan.lora.checkpoint, cfg.lora.scale)
@@ -616,9 +661,19 @@ def run_edit(cfg: DictConfig, model: LoadedModel | None = None) -> EditResult:
                             link.latent,
                         )
                     label = f"edit {keyframe.stem}, clip {clip.clip_id}"
-                    latents = edit_clip(
-                        cfg, model, keyframe, cond, source, sigmas, latent_shape, label
-                    )  # 5
+                    own = edit_kv.get(keyframe.stem)
+                    edit_pass = KeyValues(capture=own) if first else KeyValues(extra=own)
+                    latents = edit_clip(  # 5
+                        cfg,
+                        model,
+                        keyframe,
+                        cond,
+                        source,
+                        sigmas,
+                        latent_shape,
+                        label,
+                        edit_pass if skip else None,
+                    )
                     done()
                     done = _stopwatch(seconds, "decode")  # 6
                     decoded = decode_video(pipe, latents, cfg.model.decode_chunk_size)
@@ -630,12 +685,13 @@ def run_edit(cfg: DictConfig, model: LoadedModel | None = None) -> EditResult:
                     new_link = ChainLink(
                         decoded[-1:], latents[0, -1:], written[len(written) - overlay :]
                     )
-                    clip_plan.edits[keyframe.stem].save(
-                        {
-                            "frames": {"frames": written},
-                            "link": {"image": new_link.image, "latent": new_link.latent},
-                        }
-                    )
+                    files = {
+                        "frames": {"frames": written},
+                        "link": {"image": new_link.image, "latent": new_link.latent},
+                    }
+                    if skip and first:
+                        files["kv"] = store_to_tensors(edit_kv[keyframe.stem])
+                    clip_plan.edits[keyframe.stem].save(files)
                     chains[keyframe.stem] = new_link
                     outputs[keyframe.stem].append(written)
                     done()
