@@ -245,6 +245,56 @@ def test_continue_an_edit_from_a_saved_last_frame(tiny_model, edit_overrides, tm
         run_edit(wrong, model=tiny_model)
 
 
+def test_skip_interval_continued_at_a_later_clip(tiny_model, edit_overrides, tmp_path):
+    """A skip-interval run that starts at clip 2 from a saved last frame attends to clip 0 as
+    the uninterrupted run did: clip 0 is inverted and edited again for its keys and values
+    only (a fresh cache here), and clip 2 comes out identical."""
+    overrides = [o for o in edit_overrides if not o.startswith(("data.end_clip_id", "output_dir"))]
+    fast = ["data.end_t=1.83", "num_steps=2", "long_video=skip_interval"]
+    whole = run_edit(
+        compose_edit([*overrides, *fast, f"output_dir={tmp_path / 'whole'}"]), model=tiny_model
+    )
+    first = run_edit(
+        compose_edit([*overrides, *fast, "data.end_clip_id=1", f"output_dir={tmp_path / 'first'}"]),
+        model=tiny_model,
+    )
+    rest = run_edit(
+        compose_edit(
+            [
+                *overrides,
+                *fast,
+                "data.begin_clip_id=2",
+                f"long_video.load_from_last_frames_latents=[{first.last_frames[0]}]",
+                f"paths.cache_dir={tmp_path / 'fresh_cache'}",
+                f"output_dir={tmp_path / 'rest'}",
+            ]
+        ),
+        model=tiny_model,
+    )
+    assert [(p.clip.clip_id, p.anchor, p.new_frames) for p in rest.plan] == [
+        (0, True, 0),
+        (2, False, 7),
+    ]
+    assert len(rest.clip_frames["blue"]) == 1
+    assert torch.equal(rest.clip_frames["blue"][0], whole.clip_frames["blue"][2])
+    assert len(read_video_frames(rest.edited[0])) == 7
+    assert len(read_video_frames(rest.source)) == 7
+    # plain chaining would have given another clip 2: the attention to clip 0 is what agrees
+    plain = run_edit(
+        compose_edit(
+            [
+                *overrides,
+                *fast[:-1],
+                "data.begin_clip_id=2",
+                f"long_video.load_from_last_frames_latents=[{first.last_frames[0]}]",
+                f"output_dir={tmp_path / 'plain'}",
+            ]
+        ),
+        model=tiny_model,
+    )
+    assert not torch.equal(plain.clip_frames["blue"][0], whole.clip_frames["blue"][2])
+
+
 @pytest.mark.parametrize(
     "mode",
     [

@@ -199,3 +199,54 @@ def test_preview_written_during_training(tiny_model, edit_overrides, keyframe, t
     previews = sorted((tmp_path / "run" / "preview" / "clip_0").glob("step-*.mp4"))
     assert [p.name for p in previews] == ["step-1.mp4", "step-2.mp4"]
     assert read_video_frames(previews[-1]).shape == (8, 48, 64, 3)
+
+
+def test_skip_interval_training_attends_to_clip_0(
+    tiny_model, edit_overrides, tmp_path, monkeypatch
+):
+    """Clip 1's LoRA trains with clip 0's keys and values beside its own (gradient
+    checkpointing on, so backward recomputes the blocks with them too); plain chaining does not;
+    the UNet's own processors are back afterwards."""
+    from i2vedit.attention.control import AttentionController
+
+    seen = []
+    original = AttentionController.temporal_kv
+
+    def spy(self, layer, k, v):
+        k2, v2 = original(self, layer, k, v)
+        if layer.kind == "temporal":
+            seen.append((self.kv_capture is not None, k2.shape[-2], torch.is_grad_enabled()))
+        return k2, v2
+
+    monkeypatch.setattr(AttentionController, "temporal_kv", spy)
+    frames = torch.from_numpy(moving_square_frames(16))
+    first = Clip(0, frames[:8], [i / 12 for i in range(8)])
+    later = Clip(1, frames[8:], [i / 12 for i in range(8, 16)])
+    processors = {k: type(v) for k, v in tiny_model.unet.attn_processors.items()}
+    weights = {}
+    for mode in ("skip_interval", "autoregressive"):
+        cfg = compose_edit(
+            [
+                *edit_overrides,
+                f"long_video={mode}",
+                "lora.max_steps=2",
+                "lora.checkpoint_every=2",
+                "lora.rank=4",
+                "lora.gradient_checkpointing=true",
+            ]
+        )
+        seen.clear()
+        folder = tmp_path / mode
+        steps = train_clip(cfg, tiny_model, later, folder, "32", tmp_path / "run", first_clip=first)
+        assert steps == [2]
+        weights[mode] = load_file_dict(folder / "checkpoint-2")
+        if mode == "skip_interval":
+            captured = {n for cap, n, _ in seen if cap}
+            trained = {(n, grad) for cap, n, grad in seen if not cap}
+            assert captured == {8}  # clip 0's own pass, which records its keys and values
+            assert trained == {(16, True)}  # clip 1 attends to 8 + 8 frames, with gradients
+        else:
+            assert seen == []  # no controller installed at all
+        assert {k: type(v) for k, v in tiny_model.unet.attn_processors.items()} == processors
+    a, b = weights["skip_interval"], weights["autoregressive"]
+    assert max((a[k] - b[k]).abs().max().item() for k in a) > 1e-6

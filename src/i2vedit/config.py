@@ -123,6 +123,17 @@ class PathsConfig:
 
 
 @dataclass
+class LongVideoConfig:
+    """How clips follow each other: ``autoregressive`` chaining, or ``skip_interval``, where the
+    temporal self-attention of clips k > 0 also attends to clip 0's keys and values."""
+
+    mode: str = "autoregressive"
+    #: one ``<keyframe stem>_last.safetensors`` of an earlier run per keyframe: continue the
+    #: edit from its clip (set data.begin_clip_id to the clip after it)
+    load_from_last_frames_latents: list[str] | None = None
+
+
+@dataclass
 class TrainConfig:
     """What ``i2vedit-train`` reads (and ``i2vedit-edit`` too, as the base of its schema)."""
 
@@ -139,24 +150,14 @@ class TrainConfig:
     output_dir: str = MISSING
     #: the item's name: names its cache entries (i2vedit-cache --item NAME); None: video stem
     name: str | None = None
-
-
-@dataclass
-class LongVideoConfig:
-    """How clips follow each other: ``autoregressive`` chaining, or ``skip_interval``, where the
-    temporal self-attention of clips k > 0 also attends to clip 0's keys and values."""
-
-    mode: str = "autoregressive"
-    #: one ``<keyframe stem>_last.safetensors`` of an earlier run per keyframe: continue the
-    #: edit from its clip (set data.begin_clip_id to the clip after it)
-    load_from_last_frames_latents: list[str] | None = None
+    #: chaining of clips; skip-interval attention applies in training and editing alike
+    long_video: LongVideoConfig = field(default_factory=LongVideoConfig)
+    #: the reference's name for long_video=skip_interval
+    use_consistency_attention_control: bool = False
 
 
 @dataclass
 class EditConfig(TrainConfig):
-    long_video: LongVideoConfig = field(default_factory=LongVideoConfig)
-    #: the reference's name for long_video=skip_interval
-    use_consistency_attention_control: bool = False
     sarp: SarpConfig = field(default_factory=SarpConfig)
     inversion: InversionConfig = field(default_factory=InversionConfig)
     num_steps: int = 25
@@ -294,8 +295,18 @@ def _validate_lora(cfg: DictConfig, training: bool) -> None:
         raise InputError("lora.checkpoint", lora.checkpoint, "must be a positive step")
 
 
+def _validate_long_video(cfg: DictConfig) -> None:
+    if cfg.use_consistency_attention_control:
+        cfg.long_video.mode = "skip_interval"  # the reference's switch, same meaning
+    if cfg.long_video.mode not in ("autoregressive", "skip_interval"):
+        raise InputError(
+            "long_video.mode", cfg.long_video.mode, "expected autoregressive or skip_interval"
+        )
+
+
 def validate_train_config(cfg: DictConfig) -> None:
     """Checks of ``i2vedit-train`` that need no decoding and no model."""
+    _validate_long_video(cfg)
     _validate_source(cfg)
     _validate_lora(cfg, training=True)
     for path in cfg.data.keyframe_paths or []:
@@ -307,18 +318,7 @@ def validate_edit_config(cfg: DictConfig) -> None:
     data, am = cfg.data, cfg.attention_matching
     if cfg.inversion.method not in ("edm", "none"):
         raise InputError("inversion.method", cfg.inversion.method, "expected edm or none")
-    if cfg.use_consistency_attention_control:
-        cfg.long_video.mode = "skip_interval"  # the reference's switch, same meaning
-    if cfg.long_video.mode not in ("autoregressive", "skip_interval"):
-        raise InputError(
-            "long_video.mode", cfg.long_video.mode, "expected autoregressive or skip_interval"
-        )
-    if cfg.long_video.mode == "skip_interval" and cfg.data.begin_clip_id != 0:
-        raise InputError(
-            "data.begin_clip_id",
-            cfg.data.begin_clip_id,
-            "long_video=skip_interval attends to clip 0, so it must start there",
-        )
+    _validate_long_video(cfg)
     if cfg.long_video.load_from_last_frames_latents and cfg.data.begin_clip_id == 0:
         raise InputError(
             "long_video.load_from_last_frames_latents",

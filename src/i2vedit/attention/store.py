@@ -57,8 +57,11 @@ def store_to_tensors(store: MemoryStore) -> dict[str, torch.Tensor]:
     return {f"{i}|{layer}|{name}": t for (i, layer, name), t in store._data.items()}
 
 
-def store_from_tensors(tensors: dict[str, torch.Tensor], device: torch.device) -> MemoryStore:
-    store = MemoryStore()
+def store_from_tensors(
+    tensors: dict[str, torch.Tensor], device: torch.device, store: MemoryStore | None = None
+) -> MemoryStore:
+    """The inverse of ``store_to_tensors``: into ``store`` (a new one if None), on ``device``."""
+    store = MemoryStore() if store is None else store
     for key, value in tensors.items():
         index, layer, name = key.split("|")
         store.put(int(index), layer, name, value.to(device))

@@ -48,4 +48,7 @@ def edm_invert(
         controller.step = steps
         controller.guided = False
         denoise(unet, x, s[steps], cond)
-    return x / init_noise_sigma(s[steps])
+    # contiguous: the UNet's outputs come in a channels-last-like layout, and the same values
+    # read back from the cache come contiguous; the sampler must see one layout, or its
+    # kernels sum in another order and a resumed edit drifts from a live one in the last bit
+    return (x / init_noise_sigma(s[steps])).contiguous()

@@ -24,7 +24,7 @@ def sample(
 ) -> torch.Tensor:
     """Euler sampling from ``latents`` (unit scale, as the pipeline's ``latents=``) down the
     schedule ``sigmas`` (N+1 values ending at 0). Returns the clean latents (1, F, C, h, w)."""
-    x = latents.float() * init_noise_sigma(sigmas[0])
+    x = latents.float().contiguous() * init_noise_sigma(sigmas[0])  # one layout in, always
     for t in range(len(sigmas) - 1):
         if controller is not None:
             controller.step = t
@@ -33,4 +33,4 @@ def sample(
         x = euler_step(x, denoised, sigmas[t], sigmas[t + 1])
         if on_step is not None:
             on_step(t)
-    return x
+    return x.contiguous()

@@ -96,6 +96,9 @@ class ClipPlan:
     new_frames: int  #: frames it adds to the output (its overlap with the previous is dropped)
     inversion: TensorEntry | None = None  #: its cache entry
     edits: dict[str, TensorEntry] = field(default_factory=dict)  #: per keyframe stem
+    #: clip 0 of a skip-interval run that starts later: edited (or taken from the cache) for
+    #: its keys and values only, not part of the output
+    anchor: bool = False
 
 
 @dataclass
@@ -201,8 +204,15 @@ def plan_clips(
     """Per clip: its LoRA, its cache entries and the frames it adds to the output (all known
     before any model loads)."""
     plans, position = [], 0
+    source = inputs.source
+    if cfg.long_video.mode == "skip_interval" and source.clips[0].clip_id > 0:
+        first = source.first_clip  # its keys and values are attended to by every later clip
+        lora = plan_lora(cfg, inputs.video_path, first, dtype)
+        inversion = inversion_entry(cfg, inputs, first, identity, dtype)
+        edits = {k.stem: edit_entry(cfg, inversion, k, lora, None) for k in inputs.keyframes}
+        plans.append(ClipPlan(first, lora, 0, 0, inversion, edits, anchor=True))
     previous = {stem: digest for stem, digest in inputs.continued_digests.items()}
-    for i, clip in enumerate(inputs.source.clips):
+    for i, clip in enumerate(source.clips):
         new = len(clip.frames) - (cfg.data.overlay_size if i or inputs.continued else 0)
         lora = plan_lora(cfg, inputs.video_path, clip, dtype)
         inversion = inversion_entry(cfg, inputs, clip, identity, dtype)
@@ -248,18 +258,20 @@ def show_plan(cfg: DictConfig, inputs: EditInputs, plans: list[ClipPlan]) -> Non
                 else f"cached checkpoint-{cfg.lora.checkpoint}"
             )
         )
+        shown = f"{plan.first_output_frame}-{plan.first_output_frame + plan.new_frames - 1}"
         table.add_row(
             str(clip.clip_id),
             f"{clip.times[0]:.2f} - {clip.times[-1]:.2f}",
             f"{clip.indices[0]}-{clip.indices[-1]}",
-            f"{plan.first_output_frame}-{plan.first_output_frame + plan.new_frames - 1} ({plan.new_frames})",
+            "none (attended to)" if plan.anchor else f"{shown} ({plan.new_frames})",
             _status(plan),
             lora,
         )
     total = sum(plan.new_frames for plan in plans)
+    selected = sum(not plan.anchor for plan in plans)
     table.caption = (
         f"output: {total} frames at data.output_fps={inputs.fps:g} = {total / inputs.fps:.2f} s "
-        f"per edit; {source.num_clips} clips in the video, {len(plans)} selected"
+        f"per edit; {source.num_clips} clips in the video, {selected} selected"
     )
     CONSOLE.print(table, width=max(CONSOLE.width, 120))
 
@@ -321,9 +333,7 @@ def invert_source(
         latents = cached["latents"]["latents"].to(model.device)
         records = cached.get("records", {})
         if kv.capture is not None:
-            for key, value in cached["kv"].items():
-                index, layer, name = key.split("|")
-                kv.capture.put(int(index), layer, name, value.to(model.device))
+            store_from_tensors(cached["kv"], model.device, kv.capture)
         return SourceInversion(latents, store_from_tensors(records, model.device))
     done = _stopwatch(seconds, "sarp")
     if cfg.sarp.enabled:
@@ -532,7 +542,15 @@ def _train_missing(cfg, model, inputs: EditInputs, plan: ClipPlan, out_dir: Path
     first = inputs.keyframes[0].path
     run_dir = out_dir / "train"
     train_clip(
-        cfg, model, plan.clip, plan.lora.clip_dir, plan.lora.precision, run_dir, first, inputs.fps
+        cfg,
+        model,
+        plan.clip,
+        plan.lora.clip_dir,
+        plan.lora.precision,
+        run_dir,
+        first,
+        inputs.fps,
+        first_clip=inputs.source.first_clip,
     )
 
 
@@ -596,9 +614,9 @@ def run_edit(cfg: DictConfig, model: LoadedModel | None = None) -> EditResult:
                 continue
             log.info("cache hit: %s", clip_plan.edits[keyframe.stem])
             if skip and first:
-                for key, value in cached["kv"].items():
-                    step, layer, name = key.split("|")
-                    edit_kv[keyframe.stem].put(int(step), layer, name, value.to(device))
+                store_from_tensors(cached["kv"], device, edit_kv[keyframe.stem])
+            if clip_plan.anchor:
+                continue  # clip 0 before a later start: only its keys and values are wanted
             written = cached["frames"]["frames"]
             link = cached["link"]
             chains[keyframe.stem] = ChainLink(
@@ -642,7 +660,7 @@ def run_edit(cfg: DictConfig, model: LoadedModel | None = None) -> EditResult:
             try:
                 for keyframe in pending:
                     done = _stopwatch(seconds, "sampling")
-                    link = chains.get(keyframe.stem)
+                    link = None if clip_plan.anchor else chains.get(keyframe.stem)
                     if link is None:  # the first clip: the edited first frame
                         keyframe_plan = keyframe_plans[inputs.keyframes.index(keyframe)]
                         image = keyframe_plan.forward(to_model_frames(keyframe.image[None]))
@@ -692,8 +710,9 @@ def run_edit(cfg: DictConfig, model: LoadedModel | None = None) -> EditResult:
                     if skip and first:
                         files["kv"] = store_to_tensors(edit_kv[keyframe.stem])
                     clip_plan.edits[keyframe.stem].save(files)
-                    chains[keyframe.stem] = new_link
-                    outputs[keyframe.stem].append(written)
+                    if not clip_plan.anchor:
+                        chains[keyframe.stem] = new_link
+                        outputs[keyframe.stem].append(written)
                     done()
             finally:
                 if clip_plan.lora is not None:
@@ -708,7 +727,7 @@ def run_edit(cfg: DictConfig, model: LoadedModel | None = None) -> EditResult:
         log.info("wrote %s (%d frames)", edited[-1], len(video))
         last_frames.append(out_dir / f"{keyframe.stem}{LAST_FRAME_SUFFIX}")
         save_last_frame(last_frames[-1], chains[keyframe.stem], clip_plans[-1].clip.clip_id)
-    source_clips = [c.clip.frames for c in clip_plans]
+    source_clips = [c.clip.frames for c in clip_plans if not c.anchor]
     first = source_clips[0][overlay:] if inputs.continued else source_clips[0]
     source_video = torch.cat([first, *(c[overlay:] for c in source_clips[1:])])
     source_path = write_video(out_dir / SOURCE_NAME, source_video, inputs.fps)

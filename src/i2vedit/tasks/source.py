@@ -35,6 +35,7 @@ class Source:
     fps: float  #: frame rate of written videos
     num_sampled: int  #: frames sampled in all
     num_clips: int  #: clips the sampled frames make in all
+    first_clip: Clip  #: clip 0, selected or not (skip-interval attention attends to it)
 
     def log_summary(self) -> None:
         """Say which frames each selected clip holds (once every check has passed)."""
@@ -78,7 +79,9 @@ def read_source(cfg: DictConfig) -> Source:
         for k, r in select_clips(ranges, data.begin_clip_id, end + 1)
     ]
     fps = data.output_fps or data.sample_fps
-    return Source(video_path, keyframe_paths, clips, fps, len(sampled.frames), len(ranges))
+    r = ranges[0]
+    first = Clip(0, sampled.frames[r.start : r.stop], sampled.times[r.start : r.stop], list(r))
+    return Source(video_path, keyframe_paths, clips, fps, len(sampled.frames), len(ranges), first)
 
 
 def item_name(cfg: DictConfig, video_path: Path) -> str:
@@ -107,6 +110,8 @@ def lora_root(cfg: DictConfig, video_path: Path, precision: str) -> tuple[Path, 
         "conditioning": OmegaConf.to_container(cfg.conditioning),
         "seed": cfg.seed,
     }
+    if cfg.long_video.mode == "skip_interval":  # later clips train attending to clip 0
+        inputs["long_video"] = "skip_interval"
     root = (
         Path(cfg.paths.cache_dir).expanduser()
         / "lora"

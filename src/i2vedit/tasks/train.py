@@ -38,6 +38,7 @@ from i2vedit.tasks.source import Clip, lora_root, read_source
 from i2vedit.training.lora import motion_lora_config, remove_lora
 from i2vedit.training.module import (
     RESUME_NAME,
+    AnchorClip,
     LoRACheckpoint,
     MotionLoRAModule,
     NoiseDraw,
@@ -80,9 +81,15 @@ class PreviewCallback(L.Callback):
             return
         self.last = step
         module.unet.eval()
+        controller = module.kv_controller  # previews are plain chaining: no clip 0 attended
+        extra = controller.kv_extra if controller is not None else None
+        if controller is not None:
+            controller.kv_extra = None
         with torch.no_grad():
             latents = sample(module.unet, self.inverted, self.cond, self.sigmas, self.guidance)
             frames = self.plan.inverse(decode_video(self.pipe, latents).cpu())
+        if controller is not None:
+            controller.kv_extra = extra
         module.unet.train()
         path = write_video(self.folder / f"step-{step}.mp4", to_uint8_frames(frames), self.fps)
         log.info("preview %s", path)
@@ -135,9 +142,13 @@ def train_clip(
     fps: float = 7.0,
     draw: NoiseDraw | None = None,
     callbacks: list[L.Callback] | None = None,
+    first_clip: Clip | None = None,
 ) -> list[int]:
     """Train (or resume) the motion LoRA of one clip up to ``lora.max_steps``; returns the
-    checkpoint steps present afterwards. The UNet is left exactly as it was."""
+    checkpoint steps present afterwards. The UNet is left exactly as it was.
+
+    With ``long_video=skip_interval`` the temporal layers of a clip k > 0 also attend to the
+    keys and values of ``first_clip`` (clip 0) at the same noise level."""
     lora = cfg.lora
     existing = checkpoint_steps(clip_dir)
     if lora.max_steps in existing:
@@ -151,6 +162,18 @@ def train_clip(
         latents = encode_video(pipe, frames, cfg.model.decode_chunk_size)
         params = ConditioningParams(**cfg.conditioning)
         cond = encode_condition(pipe, frames[:1], params, len(frames), _gen(cfg.seed), guided=False)
+        anchor = None
+        if cfg.long_video.mode == "skip_interval" and clip.clip_id > 0:
+            if first_clip is None:
+                raise ValueError("skip-interval training of a later clip needs clip 0")
+            anchor_frames = plan.forward(to_model_frames(first_clip.frames)).to(model.device)
+            anchor = AnchorClip(
+                encode_video(pipe, anchor_frames, cfg.model.decode_chunk_size),
+                encode_condition(
+                    pipe, anchor_frames[:1], params, len(anchor_frames), _gen(cfg.seed), False
+                ),
+            )
+            log.info("skip-interval attention: clip %d trains attending to clip 0", clip.clip_id)
     extra = list(callbacks or [])
     if lora.preview_every and keyframe_path is not None:
         extra.append(_preview(cfg, model, frames, plan, keyframe_path, run_dir, clip.clip_id, fps))
@@ -160,7 +183,14 @@ def train_clip(
         log.info("resuming clip %d from %s (checkpoints %s)", clip.clip_id, resume, existing)
     config = motion_lora_config(unet, lora.rank, lora.alpha, lora.dropout)
     module = MotionLoRAModule(
-        unet, config, lora.lr, lora.weight_decay, cfg.seed, lora.gradient_checkpointing, draw
+        unet,
+        config,
+        lora.lr,
+        lora.weight_decay,
+        cfg.seed,
+        lora.gradient_checkpointing,
+        draw,
+        anchor,
     )
     trainer = L.Trainer(
         accelerator=cfg.trainer.accelerator,
@@ -231,7 +261,16 @@ def run_train(cfg: DictConfig, model: LoadedModel | None = None, **train_kwargs)
         clip_dir = root / f"clip_{clip.clip_id}"
         had = checkpoint_steps(clip_dir)
         steps = train_clip(
-            cfg, model, clip, clip_dir, precision, run_dir, keyframe, source.fps, **train_kwargs
+            cfg,
+            model,
+            clip,
+            clip_dir,
+            precision,
+            run_dir,
+            keyframe,
+            source.fps,
+            first_clip=source.first_clip,
+            **train_kwargs,
         )
         result.clip_dirs[clip.clip_id] = clip_dir
         result.checkpoints[clip.clip_id] = steps

@@ -3,9 +3,11 @@ checkpoint callback that writes LoRA-only safetensors and a resumable trainer st
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import lightning as L
@@ -13,8 +15,10 @@ import torch
 from peft import LoraConfig
 from torch.utils.data import DataLoader, Dataset
 
+from i2vedit.attention.control import AttentionController, controlled_attention
+from i2vedit.attention.store import MemoryStore
 from i2vedit.sampling.edm import Condition, denoise
-from i2vedit.training.lora import add_motion_lora, save_lora
+from i2vedit.training.lora import add_motion_lora, lora_disabled, save_lora
 from i2vedit.training.loss import cosine_interpolated_sigma, edm_loss
 
 log = logging.getLogger(__name__)
@@ -37,6 +41,27 @@ class CosineSigmaDraw:
         sigma = cosine_interpolated_sigma(torch.rand((), generator=g)).item()
         noise = torch.randn(latents.shape, generator=g).to(latents)
         return sigma, noise
+
+
+@dataclass
+class AnchorClip:
+    """Clip 0 of the video, for skip-interval attention while a later clip's LoRA trains:
+    its clean latents and its (unguided) conditioning."""
+
+    latents: torch.Tensor
+    cond: Condition
+
+    def to(self, device: torch.device) -> AnchorClip:
+        c = self.cond
+        return AnchorClip(
+            self.latents.to(device),
+            Condition(
+                c.embeddings.to(device),
+                c.image_latents.to(device),
+                c.time_ids.to(device),
+                c.guided,
+            ),
+        )
 
 
 class _RepeatedClip(Dataset):
@@ -79,6 +104,7 @@ class MotionLoRAModule(L.LightningModule):
         seed: int,
         gradient_checkpointing: bool = True,
         draw: NoiseDraw | None = None,
+        anchor: AnchorClip | None = None,
     ) -> None:
         super().__init__()
         self.unet = unet
@@ -93,9 +119,36 @@ class MotionLoRAModule(L.LightningModule):
         if gradient_checkpointing:
             unet.enable_gradient_checkpointing()
         self.strict_loading = False  # checkpoints hold the LoRA only
+        #: skip-interval attention: clip 0, and the controller that hands its keys and values
+        #: to the temporal layers (installed for the whole fit, so that the recomputation of
+        #: checkpointed blocks during backward sees exactly what their forward saw)
+        self.anchor = anchor
+        self.kv_controller = AttentionController() if anchor is not None else None
+        self._installed = contextlib.ExitStack()
 
     def on_fit_start(self) -> None:
         self.unet.train()  # LoRA dropout is active in train mode only
+        if self.kv_controller is not None:
+            self.anchor = self.anchor.to(self.device)
+            self._installed.enter_context(controlled_attention(self.unet, self.kv_controller))
+
+    def on_fit_end(self) -> None:
+        self._installed.close()
+
+    def teardown(self, stage: str) -> None:
+        self._installed.close()  # also when fit stops on an exception
+
+    def anchor_keys_values(self, step: int, sigma: float) -> MemoryStore:
+        """Clip 0's temporal keys and values at noise level ``sigma``, from the base UNet (the
+        LoRA off, as in clip 0's inversion), with no gradient."""
+        anchor, controller = self.anchor, self.kv_controller
+        _, noise = self.draw(step, anchor.latents)
+        store = MemoryStore()
+        controller.kv_capture, controller.kv_extra = store, None
+        with torch.no_grad(), lora_disabled(self.unet):
+            denoise(self.unet, anchor.latents + sigma * noise, sigma, anchor.cond)
+        controller.kv_capture = None
+        return store
 
     def micro_step(self, batch_idx: int) -> int:
         accumulate = self.trainer.accumulate_grad_batches if self._trainer is not None else 1
@@ -105,6 +158,8 @@ class MotionLoRAModule(L.LightningModule):
         step = self.micro_step(batch_idx)
         latents = batch["latents"]
         sigma, noise = self.draw(step, latents)
+        if self.anchor is not None:  # kept until the next step: backward recomputes with it
+            self.kv_controller.kv_extra = self.anchor_keys_values(step, sigma)
         torch.manual_seed(self.seed + step)  # LoRA dropout, reproducible across resumes
         cond = Condition(
             batch["embeddings"], batch["image_latents"], batch["time_ids"], guided=False
