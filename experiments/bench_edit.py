@@ -23,11 +23,12 @@ import datetime
 import gc
 import importlib.util
 import logging
-import math
 import os
 import platform
 import shlex
+import shutil
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -42,7 +43,6 @@ from diffusers import (
     UNetSpatioTemporalConditionModel,
 )
 from rich.console import Console
-from rich.logging import RichHandler
 from rich.table import Table
 from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModelWithProjection
 
@@ -56,12 +56,18 @@ from i2vedit.attention.control import (  # noqa: E402
     MatchingParams,
     controlled_attention,
 )
-from i2vedit.attention.layers import SPATIAL, registered_layers  # noqa: E402
-from i2vedit.attention.store import MemoryStore  # noqa: E402
+from i2vedit.attention.layers import (  # noqa: E402
+    SPATIAL,
+    analytic_record_elements,
+    registered_layers,
+)
+from i2vedit.attention.store import DiscardStore, DiskStore, MemoryStore  # noqa: E402
 from i2vedit.inversion.edm import edm_invert, inversion_sigmas  # noqa: E402
+from i2vedit.inversion.recompute import RecomputeStore  # noqa: E402
 from i2vedit.inversion.sarp import sarp  # noqa: E402
 from i2vedit.models.device import resolve_device, resolve_dtype  # noqa: E402
 from i2vedit.models.svd import load_model, svd_scheduler  # noqa: E402
+from i2vedit.progress import setup_logging  # noqa: E402
 from i2vedit.sampling.edm import (  # noqa: E402
     Condition,
     ConditioningParams,
@@ -416,45 +422,21 @@ def measured_records(store: MemoryStore, unet: torch.nn.Module, index: int) -> R
     return out
 
 
-def latent_sizes(unet: torch.nn.Module, h: int, w: int) -> list[tuple[int, int]]:
-    """Latent size at each UNet level (stride-2 convs with padding 1 round up)."""
-    sizes = [(h, w)]
-    for _ in range(len(unet.config.block_out_channels) - 1):
-        h, w = math.ceil(h / 2), math.ceil(w / 2)
-        sizes.append((h, w))
-    return sizes
-
-
-def analytic_record_elements(
-    unet: torch.nn.Module, frames: int, h: int, w: int
-) -> tuple[int, int, int, int]:
-    """Elements recorded per step from the architecture alone: (spatial, temporal, number of
-    spatial layers, number of temporal layers). Spatial: F x heads x tokens x head_dim for each
-    of Q and K; temporal: tokens x heads x F x F."""
-    sizes = latent_sizes(unet, h, w)
-    levels = len(sizes)
-    spatial = temporal = n_spatial = n_temporal = 0
-    for layer in registered_layers(unet):
-        block = 0 if layer.place == "mid" else int(layer.path.split(".")[1])
-        level = {"down": block, "mid": levels - 1, "up": levels - 1 - block}[layer.place]
-        tokens = sizes[level][0] * sizes[level][1]
-        attn = unet.get_submodule(layer.path)
-        heads = attn.heads
-        head_dim = attn.to_q.out_features // heads
-        if layer.kind == SPATIAL:
-            spatial += frames * heads * tokens * head_dim * 2
-            n_spatial += 1
-        else:
-            temporal += tokens * heads * frames * frames
-            n_temporal += 1
-    return spatial, temporal, n_spatial, n_temporal
-
-
 def issue_formula_bytes(element_size: int, frames: int, h: int, w: int) -> float:
     return element_size * frames * h * w * (ISSUE_SPATIAL_COEF + ISSUE_TEMPORAL_COEF * frames)
 
 
 # --------------------------------------------------------------------------- the chain
+
+
+@dataclass
+class ChainResult:
+    """What one backend's chain kept besides its timings."""
+
+    store: object  #: the AttentionStore the edit read from
+    disk_bytes: int = 0  #: attention bytes written to disk for the clip
+    memory_bytes: int = 0  #: attention bytes held in memory between inversion and editing
+    trajectory_bytes: int = 0  #: the inversion trajectory kept for recompute
 
 
 def run_chain(
@@ -467,46 +449,111 @@ def run_chain(
     seed: int,
     chunk: int,
     meter: Meter,
-    store: MemoryStore,
-) -> None:
-    """SARP, encode, condition, invert (recording into ``store``), sample (matching), decode:
-    run_edit's stages on in-memory frames, with one keyframe."""
+    backend: str,
+    scratch: Path,
+) -> ChainResult:
+    """SARP, encode, condition, invert (keeping what ``backend`` needs), sample (matching),
+    decode: run_edit's stages on in-memory frames, with one keyframe."""
     unet = pipe.unet
     num_frames = frames.shape[0]
     cond_params = ConditioningParams()
     sigmas = karras_sigmas(pipe, steps)
+    tag = f" [{backend}]"
     with torch.inference_mode():
         clip = frames.to(device)
         image = keyframe.to(device)
-        with meter.stage("SARP", note=f"noise {SARP_NOISE_SCALE}, threshold {SARP_THRESHOLD}"):
+        with meter.stage("SARP" + tag, note=f"noise {SARP_NOISE_SCALE}"):
             clip = sarp(clip, SARP_NOISE_SCALE, SARP_THRESHOLD, generator(seed))
-        with meter.stage("VAE encode", note=f"{num_frames} frames, chunks of {chunk}"):
+        with meter.stage("VAE encode" + tag, note=f"{num_frames} frames, chunks of {chunk}"):
             latents = encode_video(pipe, clip, chunk)
-        with meter.stage("conditioning", note="CLIP + first-frame VAE, source and keyframe"):
+        with meter.stage("conditioning" + tag, note="CLIP + first-frame VAE, source and keyframe"):
             source_cond = encode_condition(
                 pipe, clip[:1], cond_params, num_frames, generator(seed), guided=False
             )
             cond = encode_condition(
                 pipe, image, cond_params, num_frames, generator(seed), guided=True
             )
+        result = ChainResult(None)
+        trajectory: list[torch.Tensor] | None = None
+        if backend == "memory":
+            store = MemoryStore(dtype=dtype)
+        elif backend == "disk":
+            store = DiskStore(scratch / "records", dtype, device)
+        else:
+            store, trajectory = DiscardStore(), []
         recorder = AttentionRecorder(store)
         with (
-            meter.stage("inversion", steps, note="batch 1, recording attention"),
+            meter.stage("inversion" + tag, steps, note=INVERSION_NOTES[backend]),
             controlled_attention(unet, recorder),
         ):
-            inverted = edm_invert(unet, latents, source_cond, sigmas, recorder)
+            inverted = edm_invert(
+                unet, latents, source_cond, sigmas, recorder, trajectory=trajectory
+            )
+            if backend == "disk":
+                store.finish()
+        if backend == "memory":
+            result.memory_bytes = store.nbytes()
+        elif backend == "disk":
+            result.disk_bytes = store.written_bytes
+        else:
+            kept = torch.stack(trajectory)
+            result.trajectory_bytes = kept.numel() * kept.element_size()
+            store = RecomputeStore(unet, kept, source_cond, inversion_sigmas(sigmas), dtype)
+        result.store = store
         params = MatchingParams(num_steps=steps, beta=BETA, mask_thr=MASK_THR)
         matcher = AttentionMatcher(store, params)
         guidance = guidance_scales(cond_params, num_frames)
         with (
-            meter.stage("guided sampling", steps, note="batch 2 (CFG), attention matching"),
+            meter.stage("guided sampling" + tag, steps, note=SAMPLING_NOTES[backend]),
             controlled_attention(unet, matcher),
         ):
-            result = sample(unet, inverted, cond, sigmas, guidance, matcher)
-        with meter.stage("VAE decode", note=f"chunks of {chunk}, to host"):
-            decoded = decode_video(pipe, result, chunk).cpu()
+            edited = sample(unet, inverted, cond, sigmas, guidance, matcher)
+        with meter.stage("VAE decode" + tag, note=f"chunks of {chunk}, to host"):
+            decoded = decode_video(pipe, edited, chunk).cpu()
+        if backend == "disk":
+            store.close()
     if not torch.isfinite(decoded).all():
         log.info("decoded frames hold non-finite values (random weights): timings still hold")
+    return result
+
+
+INVERSION_NOTES = {
+    "memory": "batch 1, records kept in memory",
+    "disk": "batch 1, records written per step by a background thread",
+    "recompute": "batch 1, trajectory kept, no records",
+}
+SAMPLING_NOTES = {
+    "memory": "batch 2 (CFG), matching from memory",
+    "disk": "batch 2 (CFG), records read one step ahead",
+    "recompute": "batch 1 source pass + batch 2 (CFG) per step",
+}
+
+
+def run_plain_sampling(
+    pipe: StableVideoDiffusionPipeline,
+    keyframe: torch.Tensor,
+    num_frames: int,
+    steps: int,
+    seed: int,
+    meter: Meter,
+) -> None:
+    """diffusers' own StableVideoDiffusionPipeline sampling of the same size, latents out."""
+    from PIL import Image
+
+    array = ((keyframe[0].permute(1, 2, 0) + 1) * 127.5).clamp(0, 255).byte().numpy()
+    image = Image.fromarray(array)
+    height, width = keyframe.shape[-2:]
+    pipe.set_progress_bar_config(disable=True)
+    with meter.stage("plain SVD sampling", steps, note="diffusers pipeline, output_type=latent"):
+        pipe(
+            image,
+            height=height,
+            width=width,
+            num_frames=num_frames,
+            num_inference_steps=steps,
+            generator=generator(seed),
+            output_type="latent",
+        )
 
 
 # --------------------------------------------------------------------------- reports
@@ -610,35 +657,56 @@ def run_benchmark(args: argparse.Namespace) -> tuple[str, list[str]]:
     build_seconds = time.perf_counter() - start
     frames, keyframe = synthetic_clip(num_frames, height, width)
 
-    if args.warmup:
-        log.info("warm-up: the whole chain once at 2 steps (not timed)")
-        warm = MemoryStore(dtype=dtype)
-        run_chain(
-            pipe,
-            device,
-            dtype,
-            frames,
-            keyframe,
-            2,
-            args.seed,
-            args.decode_chunk,
-            Meter(device, False),
-            warm,
-        )
-        del warm
-        empty_cache(device)
-
+    scratch = Path(tempfile.mkdtemp(prefix="i2vedit-bench-"))
     meter = Meter(device)
-    store = MemoryStore(dtype=dtype)
-    failure = ""
+    results: dict[str, ChainResult] = {}
+    failures = []
     try:
-        run_chain(
-            pipe, device, dtype, frames, keyframe, steps, args.seed, args.decode_chunk, meter, store
-        )
-    except OutOfMemory as err:
-        failure = f"out of memory in stage '{meter.rows[-1].name}': {str(err).splitlines()[0]}"
-        log.error("%s; reporting what was measured", failure)
+        if args.warmup:
+            log.info("warm-up: the whole chain once at 2 steps (not timed)")
+            warm = Meter(device, False)
+            run_chain(
+                pipe,
+                device,
+                dtype,
+                frames,
+                keyframe,
+                2,
+                args.seed,
+                args.decode_chunk,
+                warm,
+                "memory",
+                scratch / "warm",
+            )
+            empty_cache(device)
+        try:
+            run_plain_sampling(pipe, keyframe, num_frames, steps, args.seed, meter)
+        except OutOfMemory as err:
+            failures.append(f"plain sampling: out of memory: {str(err).splitlines()[0]}")
         empty_cache(device)
+        for backend in args.stores:
+            try:
+                results[backend] = run_chain(
+                    pipe,
+                    device,
+                    dtype,
+                    frames,
+                    keyframe,
+                    steps,
+                    args.seed,
+                    args.decode_chunk,
+                    meter,
+                    backend,
+                    scratch / backend,
+                )
+            except OutOfMemory as err:
+                stage = meter.rows[-1].name
+                failures.append(f"out of memory in stage '{stage}': {str(err).splitlines()[0]}")
+                log.error("%s; reporting what was measured", failures[-1])
+            empty_cache(device)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    failure = "; ".join(failures)
     peak_label, held_label = meter.memory_label
     header = ["stage", "seconds", "s / UNet step", peak_label, held_label, "notes"]
     rows = [
@@ -652,8 +720,10 @@ def run_benchmark(args: argparse.Namespace) -> tuple[str, list[str]]:
         ]
         for row in meter.rows
     ]
-    total = sum(row.seconds for row in meter.rows)
-    rows.append(["total", f"{total:.3f}", "", "", "", f"model build {build_seconds:.1f} s"])
+    rows.append(["model build", f"{build_seconds:.1f}", "", "", "", ""])
+    backend_header, backend_rows = backend_table(meter, results, peak_label)
+    memory_result = results.get("memory")
+    store = memory_result.store if memory_result is not None else MemoryStore()
 
     unet = pipe.unet
     indices = store.indices()
@@ -705,11 +775,14 @@ def run_benchmark(args: argparse.Namespace) -> tuple[str, list[str]]:
         f"{fmt_size(analytic)} per step ({check} the store)",
     ]
     console.print(rich_table(f"{args.model} model: stages", header, rows))
+    console.print(rich_table("attention store backends", backend_header, backend_rows))
     console.print(rich_table("attention records", record_header, record_rows))
     body = [
         *environment_lines(device, extra),
         "",
         *markdown_table(header, rows),
+        "",
+        *markdown_table(backend_header, backend_rows),
         "",
         *markdown_table(record_header, record_rows),
     ]
@@ -719,6 +792,55 @@ def run_benchmark(args: argparse.Namespace) -> tuple[str, list[str]]:
         else f"Full-size SVD, {device_name(device)}"
     )
     return default_section, body
+
+
+def _row(meter: Meter, name: str) -> StageRow | None:
+    return next((row for row in meter.rows if row.name == name), None)
+
+
+def backend_table(
+    meter: Meter, results: dict[str, ChainResult], peak_label: str
+) -> tuple[list[str], list[list[str]]]:
+    """Per store backend: the edit's time and its ratios to plain SVD sampling, the sampling
+    peak, and the bytes kept between inversion and editing."""
+    plain = _row(meter, "plain SVD sampling")
+    header = [
+        "store",
+        "inversion (s)",
+        "guided sampling (s)",
+        "edit / plain sampling",
+        "guided sampling / plain",
+        "inversion / plain",
+        f"sampling {peak_label}",
+        "attention on disk per clip",
+        "attention in memory",
+        "trajectory",
+    ]
+    rows = []
+    for backend, result in results.items():
+        inv = _row(meter, f"inversion [{backend}]")
+        smp = _row(meter, f"guided sampling [{backend}]")
+        if inv is None or smp is None:
+            continue
+
+        def ratio(seconds: float) -> str:
+            return f"{seconds / plain.seconds:.2f}" if plain is not None else "n/a"
+
+        rows.append(
+            [
+                backend,
+                f"{inv.seconds:.3f}",
+                f"{smp.seconds:.3f}",
+                ratio(inv.seconds + smp.seconds),
+                ratio(smp.seconds),
+                ratio(inv.seconds),
+                fmt_gb(smp.peak),
+                fmt_size(result.disk_bytes),
+                fmt_size(result.memory_bytes),
+                fmt_size(result.trajectory_bytes),
+            ]
+        )
+    return header, rows
 
 
 def latents_hw(pipe: StableVideoDiffusionPipeline, height: int, width: int) -> tuple[int, int]:
@@ -905,6 +1027,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="no model run: attention-record bytes from a meta-device pass",
     )
+    parser.add_argument(
+        "--stores",
+        nargs="+",
+        choices=("memory", "disk", "recompute"),
+        default=["memory", "disk", "recompute"],
+        help="attention store backends to run (default: all three)",
+    )
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "BENCHMARKS.md")
     parser.add_argument("--section", help="markdown section to replace or append")
     parser.add_argument("--no-write", action="store_true", help="print only")
@@ -920,11 +1049,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(
-        level=logging.INFO,
-        format="%(message)s",
-        handlers=[RichHandler(console=Console(stderr=True), show_path=False)],
-    )
+    setup_logging(names=("i2vedit", "bench_edit"))
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -31,8 +31,6 @@ import lightning as L
 import peft
 import torch
 from diffusers import StableVideoDiffusionPipeline
-from rich.console import Console
-from rich.logging import RichHandler
 
 EXPERIMENTS = Path(__file__).resolve().parent
 if str(EXPERIMENTS) not in sys.path:  # run as a script, experiments/ is already first
@@ -59,6 +57,7 @@ from bench_edit import (  # noqa: E402  (bench_edit also puts src/ on the path i
     write_section,
 )
 from i2vedit.models.device import PRECISION_DTYPES, resolve_device, resolve_precision  # noqa: E402
+from i2vedit.progress import setup_logging  # noqa: E402
 from i2vedit.sampling.edm import (  # noqa: E402
     Condition,
     ConditioningParams,
@@ -487,12 +486,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(
-        level=logging.INFO,
-        format="%(message)s",
-        handlers=[RichHandler(console=Console(stderr=True), show_path=False)],
-    )
-    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)  # its hardware banner
+    setup_logging(names=("i2vedit", "bench_train"))
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -79,22 +79,22 @@ def test_second_run_recomputes_nothing_and_beta_reuses_inversion(
     assert counts["invert"] == 3 and counts["train_steps"] == 4  # a new source: everything anew
 
 
+@pytest.mark.parametrize(
+    "store, pattern",
+    [("memory", "*/records.safetensors"), ("disk", "*/records/step-0001.safetensors")],
+)
 def test_corrupt_entry_is_detected_and_recomputed(
-    tiny_model, edit_overrides, tmp_path, counts, caplog
+    store, pattern, tiny_model, edit_overrides, tmp_path, counts, caplog
 ):
-    first = _run(
-        edit_overrides[:-1] + [f"paths.cache_dir={tmp_path / 'cache'}"], tmp_path / "a", tiny_model
-    )
-    (records,) = (tmp_path / "cache" / "inversion").glob("*/records.safetensors")
+    args = [*edit_overrides[:-1], f"paths.cache_dir={tmp_path / 'cache'}"]
+    args.append(f"attention_matching.store={store}")
+    first = _run(args, tmp_path / "a", tiny_model)
+    (records,) = (tmp_path / "cache" / "inversion").glob(pattern)
     records.write_bytes(records.read_bytes()[: records.stat().st_size // 2])  # truncated
     for edit in (tmp_path / "cache" / "edits").iterdir():
         shutil.rmtree(edit)  # so the edit needs the inversion again
     with caplog.at_level("WARNING", logger="i2vedit"):
-        second = _run(
-            edit_overrides[:-1] + [f"paths.cache_dir={tmp_path / 'cache'}"],
-            tmp_path / "b",
-            tiny_model,
-        )
+        second = _run(args, tmp_path / "b", tiny_model)
     assert "is corrupt" in caplog.text and "recomputing" in caplog.text
     assert counts["invert"] == 2
     assert torch.equal(first.clip_frames["blue"][0], second.clip_frames["blue"][0])

@@ -63,7 +63,8 @@ def write_manifest(folder: Path, kind: str, inputs: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
-def _file_sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
+    """SHA-256 of a file's bytes, read in blocks."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
@@ -84,12 +85,18 @@ class TensorEntry:
         self.kind, self.inputs = kind, inputs
         self.key = key_of(inputs)
         self.folder = Path(cache_dir).expanduser() / kind / f"{name}-{self.key}"
+        #: the manifest's file list after a successful ``load``
+        self.files: dict[str, dict[str, Any]] = {}
 
     def __repr__(self) -> str:
         return f"{self.kind} {self.folder.name}"
 
     def load(self) -> dict[str, dict[str, Any]] | None:
-        """The entry's tensors by file stem, or None when absent or corrupt (then removed)."""
+        """The entry's tensors by file stem, or None when absent or corrupt (then removed).
+
+        Files under a subfolder (attention records, one file per step) are checked for their
+        size only and not loaded: their reader checks each against ``files`` when it reads it.
+        """
         from safetensors.torch import load_file
 
         manifest = self.folder / MANIFEST
@@ -100,28 +107,51 @@ class TensorEntry:
             tensors = {}
             for name, meta in record["files"].items():
                 path = self.folder / name
-                if path.stat().st_size != meta["bytes"] or _file_sha256(path) != meta["sha256"]:
+                if path.stat().st_size != meta["bytes"]:
+                    raise ValueError(f"{name} does not match its manifest (size)")
+                if "/" in name:
+                    continue
+                if file_sha256(path) != meta["sha256"]:
                     raise ValueError(f"{name} does not match its manifest")
                 tensors[Path(name).stem] = load_file(path)
         except (OSError, ValueError, KeyError, json.JSONDecodeError) as err:
             log.warning("cache entry %s is corrupt (%s): recomputing it", self.folder, err)
             self.drop()
             return None
+        self.files = record["files"]
         return tensors
 
-    def save(self, files: dict[str, dict[str, Any]]) -> None:
+    def stage(self) -> Path:
+        """A new temporary folder beside the entry, for files written before ``save`` (which
+        then adds them to the manifest and renames the folder into place)."""
+        self.folder.parent.mkdir(parents=True, exist_ok=True)
+        return Path(tempfile.mkdtemp(prefix=f".{self.folder.name}.tmp-", dir=self.folder.parent))
+
+    def save(
+        self,
+        files: dict[str, dict[str, Any]],
+        staged: Path | None = None,
+        known: dict[str, dict[str, Any]] | None = None,
+    ) -> None:
         """Write ``{stem: {tensor name: tensor}}`` as one safetensors file each, atomically: into
-        a temporary folder, manifest last, then renamed into place."""
+        a temporary folder (``staged``, holding files written earlier, if given, whose
+        checksums may be ``known``), manifest last, then renamed into place."""
         from safetensors.torch import save_file
 
-        self.folder.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{self.folder.name}.tmp-", dir=self.folder.parent))
+        tmp = staged if staged is not None else self.stage()
         try:
             listed = {}
+            for path in sorted(tmp.rglob("*")):
+                if path.is_file():
+                    name = path.relative_to(tmp).as_posix()
+                    meta = (known or {}).get(name)  # checksums taken while writing
+                    if meta is None or meta["bytes"] != path.stat().st_size:
+                        meta = {"bytes": path.stat().st_size, "sha256": file_sha256(path)}
+                    listed[name] = meta
             for stem, tensors in files.items():
                 path = tmp / f"{stem}.safetensors"
                 save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, path)
-                listed[path.name] = {"bytes": path.stat().st_size, "sha256": _file_sha256(path)}
+                listed[path.name] = {"bytes": path.stat().st_size, "sha256": file_sha256(path)}
             record = {
                 "kind": self.kind,
                 "key": self.key,
@@ -135,6 +165,7 @@ class TensorEntry:
             (tmp / MANIFEST).write_text(json.dumps(record, indent=2, default=str))
             self.drop()
             os.replace(tmp, self.folder)
+            self.files = listed
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
 

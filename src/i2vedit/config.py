@@ -67,6 +67,9 @@ class EditParams:
     mask_thr: list[float] | None = None
 
 
+STORES = ("auto", "memory", "disk", "recompute")
+
+
 @dataclass
 class AttentionMatchingConfig:
     enabled: bool = True
@@ -76,7 +79,13 @@ class AttentionMatchingConfig:
     temporal_self_replace_steps: float = 1.0
     spatial_attention_chunk_size: int = 1  #: frames blended at once
     pairing: str = "reference"  #: reference (record at sigma_{t+1}) or exact (at sigma_t)
-    store: str = "memory"
+    #: where the source's records live: auto, memory, disk or recompute
+    store: str = "auto"
+    #: query tokens blended at once in spatial matching (bounds the probability tensors)
+    query_block_size: int = 1024
+    #: accelerator memory (GB) the memory store leaves free for the passes (then host memory)
+    #: and that auto wants beyond one step's records before it picks recompute
+    memory_reserve_gb: float = 8.0
     per_edit: list[EditParams] = field(default_factory=list)  #: one entry per keyframe, in order
 
 
@@ -327,8 +336,14 @@ def validate_edit_config(cfg: DictConfig) -> None:
         )
     if am.pairing not in ("reference", "exact"):
         raise InputError("attention_matching.pairing", am.pairing, "expected reference or exact")
-    if am.store != "memory":
-        raise InputError("attention_matching.store", am.store, "expected memory")
+    if am.store not in STORES:
+        raise InputError("attention_matching.store", am.store, f"expected {', '.join(STORES)}")
+    if am.query_block_size < 1:
+        raise InputError("attention_matching.query_block_size", am.query_block_size, "must be >= 1")
+    if not am.memory_reserve_gb >= 0:
+        raise InputError(
+            "attention_matching.memory_reserve_gb", am.memory_reserve_gb, "must be >= 0"
+        )
     if am.enabled and cfg.inversion.method != "edm":
         raise InputError(
             "attention_matching.enabled",

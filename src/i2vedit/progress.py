@@ -21,9 +21,15 @@ from rich.progress import (
 CONSOLE = Console(stderr=True)
 
 
-def setup_logging(level: int = logging.INFO) -> None:
-    """Rich log lines on stderr for the i2vedit loggers (idempotent)."""
-    root = logging.getLogger("i2vedit")
+def setup_logging(level: int = logging.INFO, names: tuple[str, ...] = ("i2vedit",)) -> None:
+    """Rich log lines on stderr for the i2vedit loggers, and those ``names`` (idempotent)."""
+    for name in names:
+        _attach(logging.getLogger(name), level)
+    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
+    logging.getLogger("lightning.fabric").setLevel(logging.WARNING)
+
+
+def _attach(root: logging.Logger, level: int) -> None:
     if not any(getattr(h, "_i2vedit", False) for h in root.handlers):
         if CONSOLE.is_terminal:
             handler: logging.Handler = RichHandler(console=CONSOLE, show_path=False)
@@ -36,8 +42,6 @@ def setup_logging(level: int = logging.INFO) -> None:
         handler._i2vedit = True
         root.addHandler(handler)
     root.setLevel(level)
-    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
-    logging.getLogger("lightning.fabric").setLevel(logging.WARNING)
 
 
 @contextlib.contextmanager

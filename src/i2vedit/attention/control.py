@@ -19,8 +19,8 @@ from torch import nn
 from i2vedit.attention.layers import SPATIAL, AttentionLayer, registered_layers
 from i2vedit.attention.matching import (
     attention_probs,
+    blocked_masked_attention,
     frame_thresholds,
-    masked_attention_blend,
     temporal_uses_source,
 )
 from i2vedit.attention.store import AttentionStore
@@ -40,6 +40,9 @@ class AttentionController:
         self.kv_capture: AttentionStore | None = None
         #: ... and those of clip 0 at the same step are appended to this pass's (clips k > 0)
         self.kv_extra: AttentionStore | None = None
+
+    def prepare(self, step: int) -> None:
+        """Called by the sampler before the UNet evaluation of ``step``."""
 
     def temporal_kv(
         self, layer: AttentionLayer, k: torch.Tensor, v: torch.Tensor
@@ -105,12 +108,21 @@ class MatchingParams:
     temporal_steps: float = 1.0  #: fraction of steps with temporal matching
     frames_per_chunk: int = 1  #: frames blended at once in spatial matching
     pairing: str = "reference"  #: which record an edit step reads: reference or exact
+    query_block: int = 1024  #: query tokens blended at once in spatial matching
 
     def record_index(self, step: int) -> int:
         """Edit step ``t`` (at sigma_t) reads the record made at sigma_{t+1} (``reference``,
         index N-1-t) or the one made at sigma_t itself (``exact``, index N-t)."""
         n = self.num_steps
         return n - 1 - step if self.pairing == "reference" else n - step
+
+    def reads_records(self, step: int) -> bool:
+        """Whether any layer matches at ``step`` (so its record index is needed at all)."""
+        n = self.num_steps
+        return step < n and (
+            step < self.spatial_steps * n
+            or (step < self.temporal_steps * n and step < self.beta[1] * n)
+        )
 
 
 class AttentionMatcher(AttentionController):
@@ -120,6 +132,14 @@ class AttentionMatcher(AttentionController):
         super().__init__()
         self.store = store
         self.params = params
+
+    def prepare(self, step: int) -> None:
+        """Let the store make this step's records ready (and start on the next step's)."""
+        p = self.params
+        if not p.reads_records(step):
+            return
+        following = p.record_index(step + 1) if p.reads_records(step + 1) else None
+        self.store.prepare(p.record_index(step), following)
 
     def attend(self, layer, q, k, v, scale):
         k, v = self.temporal_kv(layer, k, v)
@@ -149,11 +169,8 @@ class AttentionMatcher(AttentionController):
         step = max(1, self.params.frames_per_chunk)
         for s in range(0, frames, step):
             f = slice(s, s + step)
-            out[f] = masked_attention_blend(
-                attention_probs(q_src[f], k_src[f], scale),
-                attention_probs(q[f], k[f], scale),
-                v[f],
-                thresholds[f],
+            out[f] = blocked_masked_attention(
+                q_src[f], k_src[f], q[f], k[f], v[f], scale, thresholds[f], self.params.query_block
             )
         return out
 

@@ -3,6 +3,7 @@ transformer block of the SVD UNet, named by module path and described by place a
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 
@@ -59,3 +60,44 @@ def is_high_resolution(layer: AttentionLayer) -> bool:
     if layer.place == "up":
         return layer.index >= 2
     return False
+
+
+def latent_sizes(unet: nn.Module, h: int, w: int) -> list[tuple[int, int]]:
+    """Latent size at each UNet level (stride-2 convs with padding 1 round up)."""
+    sizes = [(h, w)]
+    for _ in range(len(unet.config.block_out_channels) - 1):
+        h, w = math.ceil(h / 2), math.ceil(w / 2)
+        sizes.append((h, w))
+    return sizes
+
+
+def analytic_record_elements(
+    unet: nn.Module, frames: int, h: int, w: int
+) -> tuple[int, int, int, int]:
+    """Elements recorded per step from the architecture alone: (spatial, temporal, number of
+    spatial layers, number of temporal layers). Spatial: F x heads x tokens x head_dim for each
+    of Q and K; temporal: tokens x heads x F x F."""
+    sizes = latent_sizes(unet, h, w)
+    levels = len(sizes)
+    spatial = temporal = n_spatial = n_temporal = 0
+    for layer in registered_layers(unet):
+        block = 0 if layer.place == "mid" else int(layer.path.split(".")[1])
+        level = {"down": block, "mid": levels - 1, "up": levels - 1 - block}[layer.place]
+        tokens = sizes[level][0] * sizes[level][1]
+        attn = unet.get_submodule(layer.path)
+        heads = attn.heads
+        head_dim = attn.to_q.out_features // heads
+        if layer.kind == SPATIAL:
+            spatial += frames * heads * tokens * head_dim * 2
+            n_spatial += 1
+        else:
+            temporal += tokens * heads * frames * frames
+            n_temporal += 1
+    return spatial, temporal, n_spatial, n_temporal
+
+
+def record_bytes_per_step(unet: nn.Module, frames: int, h: int, w: int, element_size: int) -> int:
+    """Bytes of one step of attention records (one evaluation of the source) at latent size
+    h x w, from the architecture alone."""
+    spatial, temporal, _, _ = analytic_record_elements(unet, frames, h, w)
+    return (spatial + temporal) * element_size

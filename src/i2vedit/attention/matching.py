@@ -9,8 +9,9 @@ from i2vedit.attention.layers import AttentionLayer, is_high_resolution
 
 
 def attention_probs(q: torch.Tensor, k: torch.Tensor, scale: float) -> torch.Tensor:
-    """softmax(Q K^T * scale) over the last axis, computed in fp32."""
-    return torch.softmax(torch.matmul(q.float(), k.float().transpose(-1, -2)) * scale, dim=-1)
+    """softmax(Q K^T * scale) over the last axis: the product in the inputs' dtype, the
+    softmax (and its result) in fp32."""
+    return torch.softmax(torch.matmul(q, k.transpose(-1, -2)).float() * scale, dim=-1)
 
 
 def frame_thresholds(mask_thr: tuple[float, float], num_frames: int) -> torch.Tensor:
@@ -55,3 +56,34 @@ def temporal_uses_source(
     if step >= beta[1] * num_steps:
         return False
     return not is_high_resolution(layer)
+
+
+def blocked_masked_attention(
+    q_src: torch.Tensor,
+    k_src: torch.Tensor,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    scale: float,
+    thresholds: torch.Tensor,
+    block: int,
+) -> torch.Tensor:
+    """``masked_attention_blend`` of the source's and the edit's attention, ``block`` query
+    tokens at a time: the mask of a query depends on its own row only, so the result is the
+    same, while no probability tensor larger than (frames, heads, block, keys) is alive.
+
+    Shapes: queries (frames, heads, queries, d), keys (frames, heads, keys, d), ``v`` (frames,
+    heads, keys, dv); returns (frames, heads, queries, dv) in ``v``'s dtype.
+    """
+    if block < 1:
+        raise ValueError(f"block must be >= 1, got {block}")
+    out = torch.empty(*q.shape[:-1], v.shape[-1], dtype=v.dtype, device=v.device)
+    for start in range(0, q.shape[-2], block):
+        rows = slice(start, start + block)
+        out[..., rows, :] = masked_attention_blend(
+            attention_probs(q_src[..., rows, :], k_src, scale),
+            attention_probs(q[..., rows, :], k, scale),
+            v,
+            thresholds,
+        )
+    return out

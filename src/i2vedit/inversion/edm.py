@@ -26,17 +26,21 @@ def edm_invert(
     controller: AttentionController | None = None,
     extra_record: bool = False,
     on_step: StepCallback | None = None,
+    trajectory: list[torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """Invert clean ``latents`` (1, F, C, h, w) with the unguided condition ``cond``.
 
     Step i evaluates the UNet at ``s_i`` (the controller records at index i). With
     ``extra_record`` one more evaluation at ``s_N = sigma_max`` records attention there too
-    (for exact pairing). Returns latents at unit scale, ready to sample from.
+    (for exact pairing). Returns latents at unit scale, ready to sample from. ``trajectory``,
+    when given, receives ``x_i`` (the latent evaluated at ``s_i``) for i = 0..N.
     """
     s = inversion_sigmas(sigmas)
-    x = latents.float()
+    x = latents.float().contiguous()  # one layout: the trajectory is stored (and reused) so
     steps = len(s) - 1
     for i in range(steps):
+        if trajectory is not None:
+            trajectory.append(x)
         if controller is not None:
             controller.step = i
             controller.guided = False
@@ -44,6 +48,8 @@ def edm_invert(
         x = euler_step(x, denoised, s[i], s[i + 1])
         if on_step is not None:
             on_step(i)
+    if trajectory is not None:
+        trajectory.append(x)
     if extra_record and controller is not None:
         controller.step = steps
         controller.guided = False

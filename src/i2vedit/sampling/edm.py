@@ -135,7 +135,7 @@ def denoise(
     if cond.guided:
         uncond, conditional = out.chunk(2)
         out = uncond + guidance.to(out.device) * (conditional - uncond)
-    return c_skip * x + c_out * out
+    return (c_skip * x + c_out * out).contiguous()  # one layout, whatever the UNet's
 
 
 def euler_step(

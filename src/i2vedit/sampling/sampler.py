@@ -29,6 +29,7 @@ def sample(
         if controller is not None:
             controller.step = t
             controller.guided = cond.guided
+            controller.prepare(t)
         denoised = denoise(unet, x, sigmas[t], cond, guidance)
         x = euler_step(x, denoised, sigmas[t], sigmas[t + 1])
         if on_step is not None:

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,13 +26,23 @@ from i2vedit.attention.control import (
     MatchingParams,
     controlled_attention,
 )
-from i2vedit.attention.store import MemoryStore, store_from_tensors, store_to_tensors
+from i2vedit.attention.layers import record_bytes_per_step
+from i2vedit.attention.store import (
+    RECORDS_DIR,
+    AttentionStore,
+    DiscardStore,
+    DiskStore,
+    MemoryStore,
+    store_from_tensors,
+    store_to_tensors,
+)
 from i2vedit.cache import MANIFEST, TensorEntry, content_digest, write_manifest
 from i2vedit.config import validate_edit_config
 from i2vedit.data.resize import ResolutionPlan, to_model_frames, to_uint8_frames
 from i2vedit.data.video import load_image, write_video
 from i2vedit.errors import InputError
-from i2vedit.inversion.edm import edm_invert
+from i2vedit.inversion.edm import edm_invert, inversion_sigmas
+from i2vedit.inversion.recompute import RecomputeStore
 from i2vedit.inversion.sarp import sarp
 from i2vedit.models.device import precision_of, resolve_device, resolve_dtype
 from i2vedit.models.svd import LoadedModel, load_model, model_identity
@@ -292,7 +304,14 @@ class SourceInversion:
     """What stage 4 hands to stage 5."""
 
     latents: torch.Tensor | None  #: inverted latents at unit scale; None with inversion=none
-    store: MemoryStore  #: attention records of the source (empty without matching)
+    store: AttentionStore  #: the source's attention records (or their recomputation)
+    scratch: Path | None = None  #: records written outside the cache, removed by ``close``
+
+    def close(self) -> None:
+        if isinstance(self.store, DiskStore):
+            self.store.close()
+        if self.scratch is not None:
+            shutil.rmtree(self.scratch, ignore_errors=True)
 
 
 def _stopwatch(seconds: dict[str, float], name: str):
@@ -313,6 +332,36 @@ class KeyValues:
         return controller
 
 
+def choose_store(cfg: DictConfig, model: LoadedModel, frames: int, latent_hw) -> tuple[str, str]:
+    """The attention store backend of this run, and why (``attention_matching.store``)."""
+    requested = cfg.attention_matching.store
+    if requested != "auto":
+        return requested, "attention_matching.store"
+    if model.device.type == "cpu":
+        return "disk", "auto: no accelerator to recompute on, so records go to disk"
+    element = torch.empty((), dtype=model.dtype).element_size()
+    need = record_bytes_per_step(model.unet, frames, *latent_hw, element)
+    reserve = cfg.attention_matching.memory_reserve_gb * 1e9
+    free, _ = torch.accelerator.get_memory_info(model.device.index)
+    if free >= need + reserve:
+        return "recompute", (
+            f"auto: {free / 1e9:.1f} GB free holds one step of records ({need / 1e9:.2f} GB) "
+            f"and attention_matching.memory_reserve_gb={reserve / 1e9:g} for the passes"
+        )
+    return "disk", (
+        f"auto: {free / 1e9:.1f} GB free is short of one step of records ({need / 1e9:.2f} GB) "
+        f"plus attention_matching.memory_reserve_gb={reserve / 1e9:g}"
+    )
+
+
+def _device_budget(cfg: DictConfig, device: torch.device) -> int | None:
+    """Bytes of records the memory store may keep on the accelerator (None: no limit)."""
+    if device.type == "cpu":
+        return None
+    free, _ = torch.accelerator.get_memory_info(device.index)
+    return max(0, int(free - cfg.attention_matching.memory_reserve_gb * 1e9))
+
+
 def invert_source(
     cfg: DictConfig,
     model: LoadedModel,
@@ -321,59 +370,139 @@ def invert_source(
     seconds: dict[str, float],
     entry: TensorEntry | None = None,
     kv: KeyValues | None = None,
+    backend: str = "memory",
 ) -> SourceInversion:
-    """Stage 4: SARP, VAE encoding and EDM inversion of the clip (F, 3, h, w), recording the
-    source's attention when matching is on; taken from (and saved to) the cache ``entry``."""
-    am, store, kv = cfg.attention_matching, MemoryStore(dtype=model.dtype), kv or KeyValues()
+    """Stage 4: SARP, VAE encoding and EDM inversion of the clip (F, 3, h, w), keeping what the
+    ``backend`` needs for matching (records in memory or on disk, or the trajectory to
+    recompute them from); taken from (and saved to) the cache ``entry``."""
+    am, kv = cfg.attention_matching, kv or KeyValues()
     if cfg.inversion.method == "none":
-        return SourceInversion(None, store)
+        return SourceInversion(None, MemoryStore())
+    backend = backend if am.enabled else "none"
     cached = entry.load() if entry is not None else None
-    if cached is not None and (kv.capture is None or "kv" in cached):
+    if cached is not None and not _serves(cached, entry, backend, kv):
+        log.info("%s holds no attention data for store=%s: inverting again", entry, backend)
+        cached = None
+    if cached is not None:
         log.info("cache hit: %s", entry)
         latents = cached["latents"]["latents"].to(model.device)
-        records = cached.get("records", {})
         if kv.capture is not None:
             store_from_tensors(cached["kv"], model.device, kv.capture)
-        return SourceInversion(latents, store_from_tensors(records, model.device))
+        if backend == "disk":
+            store = DiskStore(entry.folder / RECORDS_DIR, model.dtype, model.device, entry.files)
+        elif backend == "recompute":
+            trajectory = cached["latents"]["trajectory"].to(model.device)
+            cond = _source_condition(cfg, model, clip, len(clip))
+            store = RecomputeStore(
+                model.unet, trajectory, cond, inversion_sigmas(sigmas), model.dtype, kv.extra
+            )
+        else:
+            store = store_from_tensors(cached.get("records", {}), model.device)
+        return SourceInversion(latents, store)
     done = _stopwatch(seconds, "sarp")
-    if cfg.sarp.enabled:
-        clip = sarp(clip, cfg.sarp.noise_scale, cfg.sarp.threshold, _generator(cfg.seed))
+    clip = _sarp(cfg, clip)
     done()
     done = _stopwatch(seconds, "inversion")
     pipe = model.pipe
     latents = encode_video(pipe, clip, cfg.model.decode_chunk_size)
-    params = ConditioningParams(**cfg.conditioning)
-    cond = encode_condition(pipe, clip[:1], params, len(clip), _generator(cfg.seed), guided=False)
-    recorder = kv.apply(AttentionRecorder(store) if am.enabled else AttentionController())
-    with (
-        controlled_attention(model.unet, recorder),
-        step_progress("inversion", cfg.num_steps) as advance,
-    ):
-        inverted = edm_invert(
-            model.unet,
-            latents,
-            cond,
-            sigmas,
-            recorder,
-            extra_record=am.pairing == "exact",
-            on_step=advance,
-        )
-    done()
-    if am.enabled:
-        log.info("attention records: %.1f MB per step", store.nbytes(0) / 1e6)
-    if entry is not None:
-        if store.nbytes() <= cfg.paths.max_cached_records_gb * 1e9:
-            files = {"latents": {"latents": inverted}, "records": store_to_tensors(store)}
-            if kv.capture is not None:
-                files["kv"] = store_to_tensors(kv.capture)
-            entry.save(files)
-        else:
-            log.info(
-                "attention records of %.1f GB exceed paths.max_cached_records_gb=%g: not cached",
-                store.nbytes() / 1e9,
-                cfg.paths.max_cached_records_gb,
+    cond = _source_condition(cfg, model, clip, len(clip), sarp_done=True)
+    staged = scratch = None
+    if backend == "disk":
+        if entry is not None:
+            staged = entry.stage()
+        else:  # no cache entry to keep the records in: a scratch folder, removed after use
+            cache_dir = Path(cfg.paths.cache_dir).expanduser()
+            cache_dir.mkdir(parents=True, exist_ok=True)
+            staged = scratch = Path(tempfile.mkdtemp(prefix=".records-", dir=cache_dir))
+        store = DiskStore(staged / RECORDS_DIR, model.dtype, model.device)
+    else:
+        store = MemoryStore(dtype=model.dtype, device_budget=_device_budget(cfg, model.device))
+    recording = am.enabled and backend != "recompute"
+    if backend == "recompute":  # the recording computation, keeping nothing
+        recorder = kv.apply(AttentionRecorder(DiscardStore()))
+    else:
+        recorder = kv.apply(AttentionRecorder(store) if recording else AttentionController())
+    trajectory = [] if am.enabled else None  # cheap, and any later run may recompute from it
+    try:
+        with (
+            controlled_attention(model.unet, recorder),
+            step_progress("inversion", cfg.num_steps) as advance,
+        ):
+            inverted = edm_invert(
+                model.unet,
+                latents,
+                cond,
+                sigmas,
+                recorder,
+                extra_record=am.pairing == "exact" and recording,
+                on_step=advance,
+                trajectory=trajectory,
             )
-    return SourceInversion(inverted, store)
+        if backend == "disk":
+            store.finish()
+    except BaseException:
+        if staged is not None:
+            shutil.rmtree(staged, ignore_errors=True)
+        raise
+    done()
+    if recording:
+        log.info("attention records: %.1f MB per step (%s)", store.nbytes(0) / 1e6, backend)
+    files = {"latents": {"latents": inverted}}
+    if trajectory is not None:
+        files["latents"]["trajectory"] = torch.stack(trajectory)
+    if kv.capture is not None:
+        files["kv"] = store_to_tensors(kv.capture)
+    if backend == "memory" and am.enabled:
+        files["records"] = store_to_tensors(store)
+    if entry is not None and backend == "disk":
+        entry.save(files, staged, known=store.checksums)
+        store.folder, store.expected = entry.folder / RECORDS_DIR, entry.files
+    elif entry is not None and store.nbytes() <= cfg.paths.max_cached_records_gb * 1e9:
+        entry.save(files)
+    elif entry is not None:
+        log.info(
+            "attention records of %.1f GB exceed paths.max_cached_records_gb=%g: not cached "
+            "(attention_matching.store=disk keeps them on disk)",
+            store.nbytes() / 1e9,
+            cfg.paths.max_cached_records_gb,
+        )
+    if backend == "recompute":
+        store = RecomputeStore(
+            model.unet,
+            files["latents"]["trajectory"],
+            cond,
+            inversion_sigmas(sigmas),
+            model.dtype,
+            kv.extra,
+        )
+    return SourceInversion(inverted, store, scratch)
+
+
+def _serves(cached: dict, entry: TensorEntry, backend: str, kv: KeyValues) -> bool:
+    """Whether a cached inversion holds what this run's store backend (and skip-interval
+    capture) needs; entries are keyed without the backend, so a run may find another's."""
+    if kv.capture is not None and "kv" not in cached:
+        return False
+    if backend == "disk":
+        return any(name.startswith(f"{RECORDS_DIR}/") for name in entry.files)
+    if backend == "recompute":
+        return "trajectory" in cached["latents"]
+    return backend == "none" or "records" in cached
+
+
+def _sarp(cfg: DictConfig, clip: torch.Tensor) -> torch.Tensor:
+    if cfg.sarp.enabled:
+        return sarp(clip, cfg.sarp.noise_scale, cfg.sarp.threshold, _generator(cfg.seed))
+    return clip
+
+
+def _source_condition(
+    cfg: DictConfig, model: LoadedModel, clip: torch.Tensor, frames: int, sarp_done=False
+) -> Condition:
+    """The unguided condition of the inversion: the (SARP-perturbed) source first frame."""
+    first = clip if sarp_done else _sarp(cfg, clip)
+    params = ConditioningParams(**cfg.conditioning)
+    return encode_condition(model.pipe, first[:1], params, frames, _generator(cfg.seed), False)
 
 
 def inversion_entry(
@@ -523,6 +652,7 @@ def edit_clip(
             temporal_steps=am.temporal_self_replace_steps,
             frames_per_chunk=am.spatial_attention_chunk_size,
             pairing=am.pairing,
+            query_block=am.query_block_size,
         )
         controller = AttentionMatcher(source.store, matching)
     with (
@@ -603,6 +733,7 @@ def run_edit(cfg: DictConfig, model: LoadedModel | None = None) -> EditResult:
     skip = cfg.long_video.mode == "skip_interval"  # clips k > 0 also attend to clip 0
     source_kv = MemoryStore() if skip else None
     edit_kv = {k.stem: MemoryStore() for k in inputs.keyframes} if skip else {}
+    backend = None  #: the attention store, chosen once the model is there
     for index, clip_plan in enumerate(clip_plans):
         clip = clip_plan.clip
         first = index == 0
@@ -635,6 +766,10 @@ def run_edit(cfg: DictConfig, model: LoadedModel | None = None) -> EditResult:
         scale = pipe.vae_scale_factor
         h, w = target_hw[0] // scale, target_hw[1] // scale
         latent_shape = (1, len(clip.frames), model.unet.config.out_channels, h, w)
+        if backend is None:
+            backend, why = choose_store(cfg, model, len(clip.frames), (h, w))
+            if cfg.attention_matching.enabled:
+                log.info("attention store: %s (%s)", backend, why)
         if clip_plan.lora is not None and clip_plan.lora.train:
             done = _stopwatch(seconds, "train")
             _train_missing(cfg, model, inputs, clip_plan, out_dir)
@@ -650,6 +785,7 @@ def run_edit(cfg: DictConfig, model: LoadedModel | None = None) -> EditResult:
                 seconds,
                 clip_plan.inversion,
                 source_pass if skip else None,
+                backend,
             )
             record_bytes = max(record_bytes, source.store.nbytes(0))
             if clip_plan.lora is not None:  # inversion never runs with the LoRA
@@ -717,6 +853,7 @@ def run_edit(cfg: DictConfig, model: LoadedModel | None = None) -> EditResult:
             finally:
                 if clip_plan.lora is not None:
                     remove_lora(model.unet)
+                source.close()
         del source
     edited, last_frames = [], []
     for keyframe in inputs.keyframes:
