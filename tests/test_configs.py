@@ -34,8 +34,10 @@ def test_groups_are_the_documented_ones():
         "item",
         "long_video",
         "lora",
+        "metrics",
         "model",
         "sarp",
+        "sweep",
         "trainer",
     ]
 

@@ -94,6 +94,13 @@ BAD = [
     ("data.overlay_size=8", "data.overlay_size"),
     ("inversion=none", "attention_matching.enabled"),
     ("num_steps=1", "num_steps"),
+    ("attention_matching.store=ssd", "attention_matching.store"),
+    ("attention_matching.query_block_size=0", "attention_matching.query_block_size"),
+    ("metrics.flow=sift", "metrics.flow"),
+    ("metrics.clip_path=/nonexistent/clip", "metrics.clip_path"),
+    ("metrics.raft_weights=/nonexistent/raft.pth", "metrics.raft_weights"),
+    ("metrics.flow=raft", "metrics.raft_weights"),
+    ("metrics.mask_threshold=2", "metrics.mask_threshold"),
 ]
 
 

@@ -3,6 +3,7 @@ before any model loads."""
 
 from __future__ import annotations
 
+import datetime
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -165,16 +166,46 @@ class TrainConfig:
     use_consistency_attention_control: bool = False
 
 
+FLOW_METHODS = ("auto", "farneback", "raft")
+
+
+@dataclass
+class MetricsConfig:
+    """Edit-quality metrics written to ``metrics.json`` at the end of every edit run."""
+
+    enabled: bool = True
+    #: a local CLIP model folder: adds CLIP similarity to the keyframe and between frames
+    clip_path: str | None = None
+    flow: str = "auto"  #: auto (raft when raft_weights exists, else farneback), farneback, raft
+    raft_weights: str | None = None  #: a local torchvision RAFT state dict (.pth)
+    #: mean |RGB difference| / 255 above which a pixel of the edited first frame counts as
+    #: edited (the mask outside which preservation is measured)
+    mask_threshold: float = 0.1
+
+
 @dataclass
 class EditConfig(TrainConfig):
     sarp: SarpConfig = field(default_factory=SarpConfig)
     inversion: InversionConfig = field(default_factory=InversionConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
     num_steps: int = 25
     dtype: str = "auto"
 
 
+def job_dir(prefix: str) -> str:
+    """Default ``output_dir`` (the ``${i2vedit.job_dir:PREFIX}`` resolver): in a Hydra multirun
+    the job's own folder (``hydra.sweep.dir/<job number>``), else ``PREFIX/<date>/<time>``."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
+        return HydraConfig.get().runtime.output_dir
+    return f"{prefix}/{datetime.datetime.now():%Y-%m-%d/%H-%M-%S}"
+
+
 def register_configs() -> None:
-    """Register the schemas the YAML files in conf/ build on."""
+    """Register the schemas the YAML files in conf/ build on, and the resolvers they use."""
+    OmegaConf.register_new_resolver("i2vedit.job_dir", job_dir, use_cache=True, replace=True)
     cs = ConfigStore.instance()
     cs.store(name="edit_schema", node=EditConfig)
     cs.store(name="train_schema", node=TrainConfig)
@@ -322,6 +353,21 @@ def validate_train_config(cfg: DictConfig) -> None:
         _existing_file("data.keyframe_paths", path)
 
 
+def _validate_metrics(metrics: DictConfig) -> None:
+    if metrics.flow not in FLOW_METHODS:
+        raise InputError("metrics.flow", metrics.flow, f"expected {', '.join(FLOW_METHODS)}")
+    if not 0 <= metrics.mask_threshold < 1:
+        raise InputError("metrics.mask_threshold", metrics.mask_threshold, "must be in [0, 1)")
+    if not metrics.enabled:
+        return
+    if metrics.clip_path is not None and not Path(metrics.clip_path).expanduser().is_dir():
+        raise InputError("metrics.clip_path", metrics.clip_path, "folder not found")
+    if metrics.raft_weights is not None:
+        _existing_file("metrics.raft_weights", metrics.raft_weights)
+    elif metrics.flow == "raft":
+        raise InputError("metrics.raft_weights", None, "metrics.flow=raft needs local weights")
+
+
 def validate_edit_config(cfg: DictConfig) -> None:
     """Every check that needs no decoding and no model: raises InputError naming key and value."""
     data, am = cfg.data, cfg.attention_matching
@@ -352,6 +398,7 @@ def validate_edit_config(cfg: DictConfig) -> None:
         )
     if not cfg.num_steps >= 2:
         raise InputError("num_steps", cfg.num_steps, "must be >= 2")
+    _validate_metrics(cfg.metrics)
     if cfg.sarp.enabled:
         if not cfg.sarp.noise_scale >= 0:
             raise InputError("sarp.noise_scale", cfg.sarp.noise_scale, "must be >= 0")

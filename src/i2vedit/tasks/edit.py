@@ -39,11 +39,12 @@ from i2vedit.attention.store import (
 from i2vedit.cache import MANIFEST, TensorEntry, content_digest, write_manifest
 from i2vedit.config import validate_edit_config
 from i2vedit.data.resize import ResolutionPlan, to_model_frames, to_uint8_frames
-from i2vedit.data.video import load_image, write_video
+from i2vedit.data.video import load_image, read_video_frames, write_video
 from i2vedit.errors import InputError
 from i2vedit.inversion.edm import edm_invert, inversion_sigmas
 from i2vedit.inversion.recompute import RecomputeStore
 from i2vedit.inversion.sarp import sarp
+from i2vedit.metrics import evaluate, write_metrics
 from i2vedit.models.device import precision_of, resolve_device, resolve_dtype
 from i2vedit.models.svd import LoadedModel, load_model, model_identity
 from i2vedit.progress import CONSOLE, step_progress
@@ -65,6 +66,23 @@ log = logging.getLogger(__name__)
 
 SOURCE_NAME = "source.mp4"
 CONFIG_NAME = "config.yaml"
+METRICS_NAME = "metrics.json"
+RUN_NAME = "run.json"  #: what the run did (seconds, cache hits, metrics), read by sweep reports
+
+
+@dataclass
+class CacheLog:
+    """Which artifacts a run took from the cache and which it computed (logged as it goes)."""
+
+    hits: list[str] = field(default_factory=list)
+    computed: list[str] = field(default_factory=list)
+
+    def hit(self, artifact: object) -> None:
+        log.info("cache hit: %s", artifact)
+        self.hits.append(str(artifact))
+
+    def compute(self, artifact: object) -> None:
+        self.computed.append(str(artifact))
 
 
 @dataclass
@@ -125,10 +143,16 @@ class EditResult:
     seconds: dict[str, float] = field(default_factory=dict)
     record_bytes_per_step: int = 0
     last_frames: list[Path] = field(default_factory=list)  #: per keyframe, to continue later
+    cache: CacheLog = field(default_factory=CacheLog)
+    #: per keyframe stem, the edit's metrics (empty with metrics.enabled=false)
+    metrics: dict[str, dict] = field(default_factory=dict)
+    metrics_path: Path | None = None
+    run_path: Path | None = None  #: run.json: seconds, cache hits and computations, metrics
 
     @property
     def written(self) -> list[Path]:
-        return [*self.edited, self.source, self.config, *self.last_frames]
+        extra = [p for p in (self.metrics_path, self.run_path) if p is not None]
+        return [*self.edited, self.source, self.config, *self.last_frames, *extra]
 
 
 def read_inputs(cfg: DictConfig) -> EditInputs:
@@ -140,6 +164,17 @@ def read_inputs(cfg: DictConfig) -> EditInputs:
         own = am.per_edit[i] if i < len(am.per_edit) else None
         beta = own.beta if own is not None and own.beta is not None else am.beta
         mask_thr = own.mask_thr if own is not None and own.mask_thr is not None else am.mask_thr
+        for key, used, shared in (("beta", beta, am.beta), ("mask_thr", mask_thr, am.mask_thr)):
+            if list(used) != list(shared):  # e.g. a sweep over the shared value
+                log.warning(
+                    "%s: attention_matching.per_edit[%d].%s=%s wins over attention_matching.%s=%s",
+                    Path(path).name,
+                    i,
+                    key,
+                    list(used),
+                    key,
+                    list(shared),
+                )
         keyframes.append(
             Keyframe(
                 path,
@@ -371,6 +406,7 @@ def invert_source(
     entry: TensorEntry | None = None,
     kv: KeyValues | None = None,
     backend: str = "memory",
+    cache_log: CacheLog | None = None,
 ) -> SourceInversion:
     """Stage 4: SARP, VAE encoding and EDM inversion of the clip (F, 3, h, w), keeping what the
     ``backend`` needs for matching (records in memory or on disk, or the trajectory to
@@ -383,8 +419,9 @@ def invert_source(
     if cached is not None and not _serves(cached, entry, backend, kv):
         log.info("%s holds no attention data for store=%s: inverting again", entry, backend)
         cached = None
+    cache_log = cache_log or CacheLog()
     if cached is not None:
-        log.info("cache hit: %s", entry)
+        cache_log.hit(entry)
         latents = cached["latents"]["latents"].to(model.device)
         if kv.capture is not None:
             store_from_tensors(cached["kv"], model.device, kv.capture)
@@ -466,6 +503,7 @@ def invert_source(
             store.nbytes() / 1e9,
             cfg.paths.max_cached_records_gb,
         )
+    cache_log.compute(entry if entry is not None else "inversion")
     if backend == "recompute":
         store = RecomputeStore(
             model.unet,
@@ -690,6 +728,7 @@ def run_edit(cfg: DictConfig, model: LoadedModel | None = None) -> EditResult:
 
     ``model`` lets a caller (tests, a long-lived app) pass components already loaded.
     """
+    started = time.perf_counter()
     validate_edit_config(cfg)  # 1
     inputs = read_inputs(cfg)  # 2
     data = cfg.data
@@ -734,6 +773,7 @@ def run_edit(cfg: DictConfig, model: LoadedModel | None = None) -> EditResult:
     source_kv = MemoryStore() if skip else None
     edit_kv = {k.stem: MemoryStore() for k in inputs.keyframes} if skip else {}
     backend = None  #: the attention store, chosen once the model is there
+    cache_log = CacheLog()
     for index, clip_plan in enumerate(clip_plans):
         clip = clip_plan.clip
         first = index == 0
@@ -743,7 +783,7 @@ def run_edit(cfg: DictConfig, model: LoadedModel | None = None) -> EditResult:
             if cached is None or (skip and first and "kv" not in cached):
                 pending.append(keyframe)
                 continue
-            log.info("cache hit: %s", clip_plan.edits[keyframe.stem])
+            cache_log.hit(clip_plan.edits[keyframe.stem])
             if skip and first:
                 store_from_tensors(cached["kv"], device, edit_kv[keyframe.stem])
             if clip_plan.anchor:
@@ -774,6 +814,9 @@ def run_edit(cfg: DictConfig, model: LoadedModel | None = None) -> EditResult:
             done = _stopwatch(seconds, "train")
             _train_missing(cfg, model, inputs, clip_plan, out_dir)
             done()
+            cache_log.compute(clip_plan.lora.checkpoint)
+        elif clip_plan.lora is not None:
+            cache_log.hit(clip_plan.lora.checkpoint)
         with torch.inference_mode():
             frames = plan.forward(to_model_frames(clip.frames)).to(model.device)
             source_pass = KeyValues(capture=source_kv) if first else KeyValues(extra=source_kv)
@@ -786,6 +829,7 @@ def run_edit(cfg: DictConfig, model: LoadedModel | None = None) -> EditResult:
                 clip_plan.inversion,
                 source_pass if skip else None,
                 backend,
+                cache_log,
             )
             record_bytes = max(record_bytes, source.store.nbytes(0))
             if clip_plan.lora is not None:  # inversion never runs with the LoRA
@@ -846,6 +890,7 @@ def run_edit(cfg: DictConfig, model: LoadedModel | None = None) -> EditResult:
                     if skip and first:
                         files["kv"] = store_to_tensors(edit_kv[keyframe.stem])
                     clip_plan.edits[keyframe.stem].save(files)
+                    cache_log.compute(clip_plan.edits[keyframe.stem])
                     if not clip_plan.anchor:
                         chains[keyframe.stem] = new_link
                         outputs[keyframe.stem].append(written)
@@ -868,8 +913,7 @@ def run_edit(cfg: DictConfig, model: LoadedModel | None = None) -> EditResult:
     first = source_clips[0][overlay:] if inputs.continued else source_clips[0]
     source_video = torch.cat([first, *(c[overlay:] for c in source_clips[1:])])
     source_path = write_video(out_dir / SOURCE_NAME, source_video, inputs.fps)
-    log.info("seconds per stage: %s", ", ".join(f"{k} {v:.2f}" for k, v in seconds.items()))
-    return EditResult(
+    result = EditResult(
         out_dir,
         edited,
         source_path,
@@ -879,4 +923,68 @@ def run_edit(cfg: DictConfig, model: LoadedModel | None = None) -> EditResult:
         seconds,
         record_bytes,
         last_frames,
+        cache_log,
     )
+    if cfg.metrics.enabled:
+        done = _stopwatch(seconds, "metrics")
+        result.metrics = edit_metrics(cfg, inputs, result)
+        result.metrics_path = write_metrics(out_dir / METRICS_NAME, result.metrics)
+        done()
+    log.info("seconds per stage: %s", ", ".join(f"{k} {v:.2f}" for k, v in seconds.items()))
+    result.run_path = write_run_record(cfg, inputs, result, time.perf_counter() - started)
+    return result
+
+
+def edit_metrics(cfg: DictConfig, inputs: EditInputs, result: EditResult) -> dict[str, dict]:
+    """Per keyframe, the metrics of the written edit against the written source (decoded from
+    the files, so ``i2vedit-eval`` on the same files gives the same numbers)."""
+    m = cfg.metrics
+    source = read_video_frames(result.source, "source")
+    out = {}
+    for keyframe, path in zip(inputs.keyframes, result.edited, strict=True):
+        out[keyframe.stem] = evaluate(
+            read_video_frames(path, "edited"),
+            source,
+            keyframe.image,
+            clip_path=m.clip_path,
+            flow=m.flow,
+            raft_weights=m.raft_weights,
+            mask_threshold=m.mask_threshold,
+        )
+        shown = ", ".join(
+            f"{k} {v:.4g}" for k, v in out[keyframe.stem].items() if isinstance(v, float)
+        )
+        log.info("metrics of %s: %s", keyframe.stem, shown)
+    return out
+
+
+def job_overrides() -> list[str]:
+    """The command-line overrides of this Hydra job ([] outside Hydra, e.g. in tests)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return []
+    return list(HydraConfig.get().overrides.task)
+
+
+def write_run_record(
+    cfg: DictConfig, inputs: EditInputs, result: EditResult, total_seconds: float
+) -> Path:
+    """``run.json``: what this run did, for sweep reports (one per job)."""
+    record = {
+        "status": "ok",
+        "overrides": job_overrides(),
+        "seconds": {**result.seconds, "total": total_seconds},
+        "cache_hits": result.cache.hits,
+        "computed": result.cache.computed,
+        "edits": {
+            keyframe.stem: {
+                "video": path.name,
+                "beta": list(keyframe.beta),
+                "mask_thr": list(keyframe.mask_thr),
+                "metrics": result.metrics.get(keyframe.stem, {}),
+            }
+            for keyframe, path in zip(inputs.keyframes, result.edited, strict=True)
+        },
+    }
+    return write_metrics(result.output_dir / RUN_NAME, record)  # atomic JSON, NaN as null
