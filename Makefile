@@ -13,8 +13,8 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
 	touch $(STAMP)
 
-demo: setup  ## edit the embedded demo item (model=tiny) into outputs/
-	$(BIN)/i2vedit-edit
+demo: setup  ## edit the toy world's dancer (model=toy, trained by us) into outputs/demo
+	$(BIN)/i2vedit-edit +item=dance output_dir=outputs/demo
 
 lint: setup
 	$(BIN)/ruff check src tests experiments

@@ -1,5 +1,5 @@
 """``i2vedit-cache list|size|clear [--item NAME] [--kind KIND]``: show and prune the artifact
-cache (motion LoRAs, inversions with their attention records, clip edits, demo assets)."""
+cache (motion LoRAs, inversions with their attention records, clip edits, demo assets, toy-world cases)."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from i2vedit.cache import MANIFEST
 from i2vedit.errors import EXIT_BAD_INPUT
 from i2vedit.progress import CONSOLE
 
-KINDS = ("lora", "inversion", "edits", "demo")
+KINDS = ("lora", "inversion", "edits", "demo", "toy")
 
 
 @dataclass

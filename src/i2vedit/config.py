@@ -34,11 +34,17 @@ class DataConfig:
     pad_to_fit: bool = False
     output_fps: float | None = None  #: None: sample_fps
     folder_fps: float = 30.0  #: frame rate of an image-folder video
+    #: a toy-world case "<kind>-<seed>" (i2vedit.toy.world) as the source: its video, edited
+    #: first frame and exact ground truth are generated into the cache on first use
+    toy_case: str | None = None
+    toy_frames: int = 8  #: frames of the toy case's video
 
 
 @dataclass
 class ModelConfig:
-    kind: str = "tiny"  #: tiny (seeded random SVD) or pretrained (a diffusers folder / hub id)
+    #: tiny (seeded random SVD), toy (the shipped model trained on the toy world) or
+    #: pretrained (a diffusers folder / hub id)
+    kind: str = "tiny"
     path: str | None = None
     variant: str | None = None  #: e.g. fp16, for hub folders that ship such weights
     seed: int = 0  #: weights seed of the tiny model
@@ -236,8 +242,14 @@ def _positive(cfg: DictConfig, key: str) -> None:
 
 
 def is_demo(cfg: DictConfig) -> bool:
-    """No video and no keyframes given: run the embedded demo item."""
-    return cfg.data.video_path is None and cfg.data.keyframe_paths is None
+    """No video, no keyframes and no toy case given: run the embedded demo item."""
+    data = cfg.data
+    return data.video_path is None and data.keyframe_paths is None and data.toy_case is None
+
+
+def generated_source(cfg: DictConfig) -> bool:
+    """The source and its edited first frame are generated (the demo, or a toy case)."""
+    return is_demo(cfg) or cfg.data.toy_case is not None
 
 
 def _existing_file(key: str, path: str) -> None:
@@ -249,8 +261,12 @@ def _existing_file(key: str, path: str) -> None:
 def _validate_source(cfg: DictConfig) -> None:
     """Checks shared by edit and train: model, conditioning, data (no decoding)."""
     data = cfg.data
-    if cfg.model.kind not in ("tiny", "pretrained"):
-        raise InputError("model.kind", cfg.model.kind, "expected tiny or pretrained")
+    if cfg.model.kind not in ("tiny", "toy", "pretrained"):
+        raise InputError("model.kind", cfg.model.kind, "expected tiny, toy or pretrained")
+    if cfg.model.kind == "toy":
+        from i2vedit.models.toy import check_toy_weights
+
+        check_toy_weights()
     for key in (
         "data.sample_fps",
         "data.folder_fps",
@@ -296,7 +312,22 @@ def _validate_source(cfg: DictConfig) -> None:
         )
     if cfg.model.kind == "pretrained":
         check_model_path(cfg.model.path or "")
-    if not is_demo(cfg):
+    if data.toy_case is not None:
+        from i2vedit.toy.items import parse_case
+
+        parse_case(data.toy_case)
+        if data.video_path is not None or data.keyframe_paths is not None:
+            raise InputError(
+                "data.toy_case",
+                data.toy_case,
+                "a toy case brings its own video and edited first frame: unset "
+                "data.video_path and data.keyframe_paths",
+            )
+        if data.toy_frames < data.chunk_size:
+            raise InputError(
+                "data.toy_frames", data.toy_frames, f"must be >= data.chunk_size={data.chunk_size}"
+            )
+    if not generated_source(cfg):
         if data.video_path is None:
             raise InputError(
                 "data.video_path", None, "give the source video (file or image folder)"
@@ -421,8 +452,8 @@ def validate_edit_config(cfg: DictConfig) -> None:
         )
     _validate_source(cfg)
     _validate_lora(cfg, training=False)
-    if is_demo(cfg):
-        num_keyframes = 1  # the embedded demo item: one source video, one edited first frame
+    if generated_source(cfg):
+        num_keyframes = 1  # the demo or a toy case: one source video, one edited first frame
     else:
         keyframes = list(data.keyframe_paths or [])
         if not keyframes:

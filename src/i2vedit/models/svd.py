@@ -142,6 +142,11 @@ def model_identity(kind: str, path: str | None, seed: int) -> str:
     """What names the weights, known before loading: the tiny seed, a folder, or a hub id."""
     if kind == "tiny":
         return f"tiny-seed{seed}"
+    if kind == "toy":
+        from i2vedit.models.toy import check_toy_weights, toy_identity
+
+        check_toy_weights()
+        return toy_identity()
     return str(Path(path).expanduser().resolve()) if _is_local(path) else path
 
 
@@ -174,6 +179,10 @@ def load_model(
     """Load (or build) the SVD components once, frozen, in eval mode, on ``device``."""
     if kind == "tiny":
         pipe = build_tiny_pipeline(seed)
+    elif kind == "toy":
+        from i2vedit.models.toy import load_toy_pipeline
+
+        pipe = load_toy_pipeline()
     elif kind == "pretrained":
         check_model_path(path or "")
         log.info("loading SVD from %s", path)
@@ -183,7 +192,7 @@ def load_model(
             variant=variant,
         )
     else:
-        raise InputError("model.kind", kind, "expected 'tiny' or 'pretrained'")
+        raise InputError("model.kind", kind, "expected tiny, toy or pretrained")
     pipe.set_progress_bar_config(disable=True)
     for module in (pipe.unet, pipe.vae, pipe.image_encoder):
         module.requires_grad_(False)

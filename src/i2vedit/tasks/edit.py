@@ -324,7 +324,7 @@ def show_plan(cfg: DictConfig, inputs: EditInputs, plans: list[ClipPlan]) -> Non
 
 
 def _model(cfg: DictConfig, device: torch.device, dtype: torch.dtype) -> LoadedModel:
-    name = "tiny" if cfg.model.kind == "tiny" else cfg.model.path
+    name = cfg.model.path if cfg.model.kind == "pretrained" else cfg.model.kind
     log.info("model %s on %s (%s)", name, device, dtype)
     m = cfg.model
     return load_model(m.kind, m.path, m.seed, m.variant, device, dtype)

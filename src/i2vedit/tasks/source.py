@@ -59,6 +59,11 @@ def read_source(cfg: DictConfig) -> Source:
     if is_demo(cfg):
         video_path, keyframe_path = ensure_demo_assets(cfg.paths.cache_dir)
         keyframe_paths = [keyframe_path]
+    elif data.toy_case is not None:
+        from i2vedit.toy.items import ensure_toy_case
+
+        case = ensure_toy_case(cfg.paths.cache_dir, data.toy_case, data.toy_frames)
+        video_path, keyframe_paths = case["video"], [case["keyframe"]]
     else:
         video_path = Path(data.video_path)
         keyframe_paths = [Path(p) for p in data.keyframe_paths or []]

@@ -1,0 +1,1 @@
+"""Toy procedural video world."""

@@ -1,0 +1,145 @@
+"""The toy model and items: the shipped weights load and stay small, the items generate their
+case into the cache, the pretraining script runs and round-trips its weights, and on three
+fixed held-out cases the full method beats I2V-from-noise and repeating the edited frame
+against the exact ground truth."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from i2vedit.data.video import read_video_frames
+from i2vedit.errors import InputError
+from i2vedit.models.svd import load_model
+from i2vedit.models.toy import TOY_WEIGHTS, load_toy_pipeline
+from i2vedit.tasks.edit import run_edit
+from i2vedit.toy.items import ensure_toy_case, parse_case
+from i2vedit.toy.world import held_out_cases, make_case
+from tests.conftest import compose_edit
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments"))
+from toy_quality import score  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def toy_model():
+    return load_model("toy", None, 0, None, torch.device("cpu"), torch.float32)
+
+
+def test_shipped_weights_are_small_and_load():
+    assert TOY_WEIGHTS.stat().st_size <= 20 * 2**20
+    pipe = load_toy_pipeline()
+    assert pipe.vae.config.scaling_factor != 1.0  # set from the latents' spread
+    assert pipe.vae.config.norm_num_groups == 8
+
+
+def test_toy_vae_keeps_flat_colours(toy_model):
+    """The failure the toy VAE is built to avoid: sprites decoded as grey blobs."""
+    case = make_case("recolor", 7)
+    frames = torch.from_numpy(case.source).permute(0, 3, 1, 2).float() / 127.5 - 1
+    with torch.no_grad():
+        vae = toy_model.vae
+        recon = vae.decode(vae.encode(frames).latent_dist.mode()).sample
+    out = ((recon.clamp(-1, 1) + 1) * 127.5).permute(0, 2, 3, 1).numpy()
+    error = np.abs(out - case.source).mean()
+    assert error < 12, error  # mean |error| in levels of 255 (measured: see docs/TOY.md)
+
+
+def test_items_generate_their_case_once(tmp_path):
+    paths = ensure_toy_case(tmp_path, "dance-0", 15)
+    stamps = {k: p.stat().st_mtime_ns for k, p in paths.items()}
+    assert ensure_toy_case(tmp_path, "dance-0", 15) == paths
+    assert {k: p.stat().st_mtime_ns for k, p in paths.items()} == stamps
+    assert not [p for p in (tmp_path / "toy").iterdir() if p.name.startswith(".")]
+    with pytest.raises(InputError, match="data.toy_case"):
+        parse_case("juggle-3")
+    with pytest.raises(InputError, match="data.toy_case"):
+        parse_case("dance")
+
+
+def test_dance_item_runs_as_written(toy_model, tmp_path):
+    cfg = compose_edit(
+        [
+            "+item=dance",
+            "num_steps=4",
+            "data.end_clip_id=0",
+            f"output_dir={tmp_path / 'out'}",
+            f"paths.cache_dir={tmp_path / 'cache'}",
+        ]
+    )
+    assert cfg.model.kind == "toy" and cfg.data.toy_case == "dance-0"
+    result = run_edit(cfg, model=toy_model)
+    assert [p.name for p in result.edited] == ["dance-0_edit.mp4"]
+    assert result.metrics["dance-0_edit"]["first_frame_psnr"] > 20
+
+
+def test_pretraining_script_round_trips_its_weights(tmp_path):
+    from i2vedit.toy.pretrain import main
+
+    out = tmp_path / "toy.safetensors"
+    log = tmp_path / "train.csv"
+    args = ["--vae-steps", "2", "--unet-steps", "2", "--save-every", "1"]
+    assert main([*args, "--out", str(out), "--log", str(log), "--threads", "1"]) == 0
+    rows = log.read_text().splitlines()
+    assert rows[0] == "stage,step,loss,seconds" and len(rows) == 1 + 2 + 2
+    pipe = load_toy_pipeline(out)
+    from safetensors.torch import load_file
+
+    saved = load_file(out)
+    key = "unet.conv_in.weight"
+    assert torch.equal(pipe.unet.state_dict()["conv_in.weight"], saved[key].float())
+
+
+#: three fixed held-out cases (a recolour, a reshape, the dancer) and the measured margins
+QUALITY_CASES = (0, 1, 3)
+
+
+@pytest.fixture(scope="module")
+def quality(toy_model, tmp_path_factory):
+    work = tmp_path_factory.mktemp("quality")
+    cases = [held_out_cases(4)[i] for i in QUALITY_CASES]
+    scores = {"full": [], "noise": [], "repeat": []}
+    variants = {"full": [], "noise": ["inversion=none", "attention_matching=off"]}
+    for case in cases:
+        ensure_toy_case(work / "cache", case.name, len(case.source))
+        for name, extra in variants.items():
+            cfg = compose_edit(
+                [
+                    "model=toy",
+                    f"data.toy_case={case.name}",
+                    f"data.toy_frames={len(case.source)}",
+                    "num_steps=10",
+                    "metrics=off",
+                    f"paths.cache_dir={work / 'cache'}",
+                    f"output_dir={work / case.name / name}",
+                    *extra,
+                ]
+            )
+            output = read_video_frames(run_edit(cfg, model=toy_model).edited[0]).numpy()
+            scores[name].append((case, output, score(case, output)))
+        repeat = np.repeat(case.edited_first[None], len(case.source), 0)
+        scores["repeat"].append((case, repeat, score(case, repeat)))
+    return scores
+
+
+def test_full_method_beats_the_baselines(quality):
+    for (case, _, full), (_, _, noise), (_, _, repeat) in zip(
+        quality["full"], quality["noise"], quality["repeat"], strict=True
+    ):
+        assert full.psnr > noise.psnr + 1.0, (case.name, full, noise)
+        assert full.psnr > repeat.psnr + 1.0, (case.name, full, repeat)
+        assert full.trajectory < noise.trajectory, (case.name, full, noise)
+        assert full.trajectory < repeat.trajectory, (case.name, full, repeat)
+
+
+def test_edited_colour_survives_to_the_last_frame(quality):
+    for case, output, _ in quality["full"]:
+        if case.edit_color is None:
+            continue
+        last = output[-1].astype(int)
+        close = (np.abs(last - np.array(case.edit_color)).max(axis=-1) < 40).sum()
+        assert close >= 0.3 * case.target_mask[-1].sum(), case.name
