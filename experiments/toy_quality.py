@@ -105,6 +105,26 @@ def score(case: ToyCase, output: np.ndarray) -> Score:
     return Score(psnr(out, truth), trajectory, colour_error)
 
 
+def contact_sheet(rows: dict[str, np.ndarray], path: Path, zoom: int = 2) -> Path:
+    """One labelled row per video (F, H, W, 3), every frame, ``zoom`` times enlarged."""
+    from PIL import Image, ImageDraw
+
+    label_w, gap = 190, 3
+    f, h, w = next(iter(rows.values())).shape[:3]
+    sheet = Image.new(
+        "RGB", (label_w + f * (w * zoom + gap), len(rows) * (h * zoom + gap) + gap), "white"
+    )
+    draw = ImageDraw.Draw(sheet)
+    for r, (label, frames) in enumerate(rows.items()):
+        top = gap + r * (h * zoom + gap)
+        draw.text((4, top + h * zoom // 2 - 6), label, fill="black")
+        for c, frame in enumerate(frames[:f]):
+            tile = Image.fromarray(frame).resize((w * zoom, h * zoom), Image.NEAREST)
+            sheet.paste(tile, (label_w + c * (w * zoom + gap), top))
+    sheet.save(path)
+    return path
+
+
 def compose_case(case: ToyCase, extra: list[str], common: list[str]):
     with initialize_config_module("i2vedit.conf", version_base=None):
         return compose(
@@ -134,6 +154,8 @@ def run(args: argparse.Namespace) -> tuple[list[str], dict[str, list[Score]]]:
         "metrics=off",
     ]
     scores: dict[str, list[Score]] = {name: [] for name in [*VARIANTS, REPEAT]}
+    shown = next((c for c in cases if c.kind == "dance"), cases[0])
+    sheet_rows = {"source": shown.source, "ground truth": shown.truth}
     for i, case in enumerate(cases):
         ensure_toy_case(work / "cache", case.name, len(case.source))
         scores[REPEAT].append(score(case, np.repeat(case.edited_first[None], len(case.source), 0)))
@@ -143,6 +165,8 @@ def run(args: argparse.Namespace) -> tuple[list[str], dict[str, list[Score]]]:
             result = run_edit(cfg, model=model)
             output = read_video_frames(result.edited[0]).numpy()
             scores[name].append(score(case, output))
+            if case is shown and name in ("full method", "no inversion (I2V from noise)"):
+                sheet_rows[name] = output
             log.info(
                 "%s / %s: %s (%.1f s)",
                 case.name,
@@ -150,6 +174,8 @@ def run(args: argparse.Namespace) -> tuple[list[str], dict[str, list[Score]]]:
                 scores[name][-1],
                 time.perf_counter() - start,
             )
+    if args.sheet is not None:
+        log.info("contact sheet of %s: %s", shown.name, contact_sheet(sheet_rows, args.sheet))
     return [case.name for case in cases], scores
 
 
@@ -183,6 +209,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--work", help="work folder (default: a new temporary one)")
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "QUALITY.md")
+    parser.add_argument(
+        "--sheet", type=Path, default=ROOT / "docs" / "toy_edit.png", help="contact sheet PNG"
+    )
     args = parser.parse_args(argv)
     setup_logging(names=("i2vedit", "toy_quality"))
     register_configs()

@@ -61,6 +61,24 @@ def svd_scheduler() -> EulerDiscreteScheduler:
 TINY_ATTENTION_GAIN = 4.0
 
 
+def tiny_image_encoder(seed: int) -> tuple[CLIPVisionModelWithProjection, CLIPImageProcessor]:
+    """A small seeded CLIP image encoder (32-dim embeddings; inputs resized to 224 as SVD's)
+    and its image processor, for the tiny and toy models."""
+    torch.manual_seed(seed)
+    image_encoder = CLIPVisionModelWithProjection(
+        CLIPVisionConfig(
+            hidden_size=32,
+            intermediate_size=64,
+            projection_dim=32,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            image_size=224,
+            patch_size=32,
+        )
+    )
+    return image_encoder, CLIPImageProcessor(crop_size=224, size={"shortest_edge": 224})
+
+
 def build_tiny_pipeline(seed: int = 0) -> StableVideoDiffusionPipeline:
     """A seeded random SVD of the real classes: 2-level UNet, 2-block temporal VAE, small CLIP.
 
@@ -95,19 +113,7 @@ def build_tiny_pipeline(seed: int = 0) -> StableVideoDiffusionPipeline:
         layers_per_block=1,
         latent_channels=4,
     )
-    torch.manual_seed(seed + 2)
-    image_encoder = CLIPVisionModelWithProjection(
-        CLIPVisionConfig(
-            hidden_size=32,
-            intermediate_size=64,
-            projection_dim=32,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            image_size=224,
-            patch_size=32,
-        )
-    )
-    feature_extractor = CLIPImageProcessor(crop_size=224, size={"shortest_edge": 224})
+    image_encoder, feature_extractor = tiny_image_encoder(seed + 2)
     return StableVideoDiffusionPipeline(
         vae=vae,
         image_encoder=image_encoder,

@@ -24,10 +24,9 @@ from pathlib import Path
 
 import torch
 from diffusers import AutoencoderKL, StableVideoDiffusionPipeline, UNetSpatioTemporalConditionModel
-from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModelWithProjection
 
 from i2vedit.errors import InputError
-from i2vedit.models.svd import svd_scheduler
+from i2vedit.models.svd import svd_scheduler, tiny_image_encoder
 
 log = logging.getLogger(__name__)
 
@@ -67,19 +66,7 @@ def build_toy_pipeline(seed: int = 0) -> StableVideoDiffusionPipeline:
         norm_num_groups=8,
         sample_size=TOY_SIZE[0],
     )
-    torch.manual_seed(seed + 2)
-    image_encoder = CLIPVisionModelWithProjection(
-        CLIPVisionConfig(
-            hidden_size=32,
-            intermediate_size=64,
-            projection_dim=32,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            image_size=224,
-            patch_size=32,
-        )
-    )
-    feature_extractor = CLIPImageProcessor(crop_size=224, size={"shortest_edge": 224})
+    image_encoder, feature_extractor = tiny_image_encoder(seed + 2)
     return StableVideoDiffusionPipeline(
         vae=vae,
         image_encoder=image_encoder,

@@ -1,6 +1,7 @@
 """Train the toy model on the procedural world (Lightning), in two stages:
 
-1. the VAE (``AutoencoderKL``) on single frames: L1 + L2 reconstruction and a small KL term;
+1. the VAE (``AutoencoderKL``) on single frames: L1 + L2 reconstruction of the posterior's
+   mode and a small KL term;
    then its ``scaling_factor`` is set to 1 / std of the latents, as Stable Diffusion's was;
 2. the UNet with the VAE and image encoder frozen, with SVD's image-to-video objective: EDM
    preconditioning (``i2vedit.sampling.edm.denoise``), sigma from the cosine-interpolated
@@ -13,7 +14,7 @@ Every clip comes from ``i2vedit.toy.world.training_clip(seed)`` with seeds below
 range. The weights are written (fp16, atomically) every ``--save-every`` steps and at the end,
 so an interrupted run still leaves usable weights; ``--resume`` continues from them.
 
-    python -m i2vedit.toy.pretrain --vae-steps 1500 --unet-steps 6000 --threads 1
+    python -m i2vedit.toy.pretrain --vae-steps 2000 --unet-steps 4000 --threads 1
 """
 
 from __future__ import annotations
@@ -68,15 +69,32 @@ class WorldClips(IterableDataset):
             i += 1
 
 
+class WorldFrames(IterableDataset):
+    """Endless single frames, frame ``i`` from clip seed ``offset + i`` (one frame a clip: the
+    frames of a batch are unrelated, which trains the VAE faster than whole clips)."""
+
+    def __init__(self, offset: int) -> None:
+        self.offset = offset
+
+    def __iter__(self):
+        i = 0
+        while True:
+            clip = training_clip(self.offset + i)
+            yield to_model_range(clip[i % len(clip)][None])[0]
+            i += 1
+
+
 class VAEModule(L.LightningModule):
     def __init__(self, vae: torch.nn.Module, lr: float) -> None:
         super().__init__()
         self.vae, self.lr = vae, lr
 
-    def training_step(self, clip: torch.Tensor, batch_idx: int) -> torch.Tensor:
-        frames = clip.flatten(0, 1)  # (B*F, 3, H, W)
+    def training_step(self, frames: torch.Tensor, batch_idx: int) -> torch.Tensor:
         posterior = self.vae.encode(frames).latent_dist
-        recon = self.vae.decode(posterior.sample()).sample
+        # the mode, as every later use of the VAE encodes (SVD's pipeline, our stages): a
+        # deterministic autoencoder learns flat colours in a few hundred steps, where decoding
+        # unit-variance samples of the untrained posterior kept the loss high for long
+        recon = self.vae.decode(posterior.mode()).sample
         l1 = (recon - frames).abs().mean()
         l2 = ((recon - frames) ** 2).mean()
         kl = posterior.kl().mean() / frames[0].numel()
@@ -230,10 +248,11 @@ def _trainer(steps: int, callbacks: list) -> L.Trainer:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m i2vedit.toy.pretrain", description=__doc__)
-    parser.add_argument("--vae-steps", type=int, default=1500)
-    parser.add_argument("--vae-batch", type=int, default=2, help="clips (of 8 frames) per step")
+    parser.add_argument("--vae-steps", type=int, default=2000)
+    parser.add_argument("--vae-batch", type=int, default=4, help="frames per step")
+    parser.add_argument("--vae-lr", type=float, default=1e-4)
     parser.add_argument("--unet-steps", type=int, default=6000)
-    parser.add_argument("--lr", type=float, default=3e-4)
+    parser.add_argument("--lr", type=float, default=2e-4, help="UNet learning rate")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--save-every", type=int, default=250)
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")
@@ -259,8 +278,8 @@ def main(argv: list[str] | None = None) -> int:
     else:
         pipe = build_toy_pipeline(args.seed)
         args.log.unlink(missing_ok=True)
-        vae_stage = VAEModule(pipe.vae, 1e-3)
-        data = DataLoader(WorldClips(0), batch_size=args.vae_batch, num_workers=0)
+        vae_stage = VAEModule(pipe.vae, args.vae_lr)
+        data = DataLoader(WorldFrames(0), batch_size=args.vae_batch, num_workers=0)
         saver = SaveWeights(pipe, args.out, args.save_every, args.log, "vae", meta)
         _trainer(args.vae_steps, [saver]).fit(vae_stage, data)
         meta["scaling_factor"] = set_scaling_factor(pipe)

@@ -52,6 +52,7 @@ _SEP = 64.0  # max-abs distance between colours that must stay apart (incl. thei
 _BACKDROP_SEP = 110.0  # an edited object's colours vs the background (and its blends)
 _EDIT_SEP = 120.0  # max-abs distance between a colour and its edit
 _EDIT_HUE_SEP = 0.12  # circular hue distance (0..0.5) between a colour and its edit
+_OUTLINE_MAX = {"cross": 0.08, "ring": 0.05}  # outline width cap, in sizes (default 0.15)
 _MIN_VISIBLE = 0.5  # least visible fraction of a watched object in every frame
 _MARGIN = 0.7  # sprites' centres stay this many sizes (+1 px) from the borders
 _ATTEMPTS = 40  # scene re-draws before accepting one that misses a soft constraint
@@ -74,8 +75,12 @@ class ToyCase:
     source: np.ndarray  # uint8 (F, H, W, 3)
     edited_first: np.ndarray  # uint8 (H, W, 3) == truth[0]
     truth: np.ndarray  # uint8 (F, H, W, 3), the exact edited video
-    target_mask: np.ndarray  # bool (F, H, W): edited object in truth (restyle: background)
-    centroids: np.ndarray  # float (F, 2) (x, y): edited object in truth (restyle: first sprite)
+    # bool (F, H, W): every pixel the edited object (restyle: the background) shows in, in
+    # truth, antialiased and partly occluded edges included
+    target_mask: np.ndarray
+    # float (F, 2) (x, y): coverage-weighted centroid of the edited object's visible part in
+    # truth (restyle: of the first, back-most sprite), in pixel-index units
+    centroids: np.ndarray
     edit_color: Color | None  # the new colour (recolor, dance); None otherwise
     # bool (F, H, W): the edited object's pixels in the source (restyle: the background's);
     # equals target_mask except for reshape, where the source shape differs.
@@ -347,8 +352,8 @@ def _sprite_weights(sp: Sprite, size: tuple[int, int]) -> np.ndarray:
         inside = d < 0
         if sp.texture == "stripes":
             dark = np.floor(2 * (lx * ca + ly * sa) / sp.tex_period + sp.tex_phase) % 2 == 1
-        elif sp.texture == "outline":
-            dark = d > -sp.outline
+        elif sp.texture == "outline":  # thin enough to leave the main colour showing
+            dark = d > -min(sp.outline, _OUTLINE_MAX.get(sp.shape, 0.15) * sp.size)
         else:
             dark = np.zeros_like(inside)
         out[f, y0:y1, x0:x1, 0] = _pool((inside & ~dark).astype(float))
@@ -400,8 +405,10 @@ def _geometry(layer: Sprite | Figure, size: tuple[int, int], cache: dict) -> np.
             layer.tex_angle, layer.tex_period, layer.tex_phase, layer.outline,
         )  # fmt: skip
     if key not in cache:
-        weights = _figure_weights if isinstance(layer, Figure) else _sprite_weights
-        cache[key] = weights(layer, size)  # type: ignore[arg-type]
+        if isinstance(layer, Figure):
+            cache[key] = _figure_weights(layer, size)
+        else:
+            cache[key] = _sprite_weights(layer, size)
     return cache[key]
 
 
@@ -603,17 +610,13 @@ def _random_figure(
         parts = [(head, head), (hip, top)]
         arms, legs = [], []
         for i, side in enumerate((-1.0, 1.0)):
-
-            def limb(theta: float) -> np.ndarray:
-                return _limb_dir(down, right, side, theta)  # noqa: B023 (called at once)
-
             sh = top + side * shoulder_w * right
-            el = sh + upper_arm * limb(shoulder[i][f])
-            hand = el + forearm * limb(shoulder[i][f] + elbow[i][f])
+            el = sh + upper_arm * _limb_dir(down, right, side, shoulder[i][f])
+            hand = el + forearm * _limb_dir(down, right, side, shoulder[i][f] + elbow[i][f])
             arms.append(((sh, el), (el, hand)))
             hp = hip + side * hip_w * right
-            kn = hp + upper_leg * limb(thigh[i][f])
-            foot = kn + lower_leg * limb(thigh[i][f] - knee[i][f])
+            kn = hp + upper_leg * _limb_dir(down, right, side, thigh[i][f])
+            foot = kn + lower_leg * _limb_dir(down, right, side, thigh[i][f] - knee[i][f])
             legs.append(((hp, kn), (kn, foot)))
         parts += [arms[0][0], arms[1][0], arms[0][1], arms[1][1]]
         parts += [legs[0][0], legs[1][0], legs[0][1], legs[1][1]]
@@ -685,22 +688,19 @@ def _sprites_scene(
 ) -> tuple[Scene, Color | None]:
     """Sprites on ``bg``; the target (if any) is flat and gets an edit colour returned."""
     bg_cols = [c for b in (bg, *extra_bgs) for c in _bg_colors(b)]
-    sprites: list[Sprite] = []
-    placed: list[Color] = []
+    sprites: dict[int, Sprite] = {}
     for i in range(n):
-        if i == target:
-            sprites.append(None)  # type: ignore[arg-type]
-            continue
-        color = _pick_color(rng, blends=bg_cols, points=placed)
-        placed.append(color)
-        sprites.append(_random_sprite(rng, frames, size, color))
+        if i != target:
+            color = _pick_color(rng, blends=bg_cols, points=[s.color for s in sprites.values()])
+            sprites[i] = _random_sprite(rng, frames, size, color)
     edit = None
     if target is not None:
-        others = list(bg_cols) + [c for s in sprites if s is not None for c in _layer_colors(s)]
+        others = list(bg_cols) + [c for s in sprites.values() for c in _layer_colors(s)]
         color = _pick_color(rng, blends=others, backdrop=bg_cols)
         edit = _pick_color(rng, blends=others, unlike=color, backdrop=bg_cols)
         sprites[target] = _random_sprite(rng, frames, size, color, textured=False)
-    return Scene(bg, sprites), edit
+    layers: list[Sprite | Figure] = [sprites[i] for i in range(n)]
+    return Scene(bg, layers), edit
 
 
 def _case_scenes(
@@ -713,8 +713,10 @@ def _case_scenes(
         target = int(rng.integers(0, n))
         if kind == "recolor":
             source, edit = _sprites_scene(rng, frames, size, bg, n, target)
+            old = source.layers[target]
+            assert isinstance(old, Sprite) and edit is not None
             layers = list(source.layers)
-            layers[target] = replace(layers[target], color=edit)  # type: ignore[type-var]
+            layers[target] = replace(old, color=edit)
             return source, Scene(bg, layers), target, None, edit
         source, _ = _sprites_scene(rng, frames, size, bg, n, None)
         old = source.layers[target]
@@ -813,7 +815,7 @@ def make_case(kind: str, seed: int, frames: int = FRAMES, size: tuple[int, int] 
         truth=b.truth.frames,
         target_mask=truth_weight > 0,
         centroids=_weighted_centroid(centroid_weight),
-        edit_color=None if b.edit is None else tuple(int(c) for c in b.edit),  # type: ignore[arg-type]
+        edit_color=None if b.edit is None else (int(b.edit[0]), int(b.edit[1]), int(b.edit[2])),
         source_mask=b.object_weight(b.source) > 0,
     )
 
