@@ -37,6 +37,7 @@ from i2vedit.models.toy import (
     TOY_FRAMES,
     TOY_WEIGHTS,
     build_toy_pipeline,
+    describe_weights,
     load_toy_pipeline,
     save_toy_weights,
 )
@@ -85,9 +86,16 @@ class WorldFrames(IterableDataset):
 
 
 class VAEModule(L.LightningModule):
-    def __init__(self, vae: torch.nn.Module, lr: float) -> None:
+    """The VAE's reconstruction objective; with ``decoder_only`` the encoder (and so the latent
+    space a trained UNet works in) stays fixed and only the decoder learns, as Stable
+    Diffusion's later decoders were fine-tuned."""
+
+    def __init__(self, vae: torch.nn.Module, lr: float, decoder_only: bool = False) -> None:
         super().__init__()
-        self.vae, self.lr = vae, lr
+        self.vae, self.lr, self.decoder_only = vae, lr, decoder_only
+        if decoder_only:
+            vae.encoder.requires_grad_(False)
+            vae.quant_conv.requires_grad_(False)
 
     def training_step(self, frames: torch.Tensor, batch_idx: int) -> torch.Tensor:
         posterior = self.vae.encode(frames).latent_dist
@@ -103,7 +111,8 @@ class VAEModule(L.LightningModule):
         return loss
 
     def configure_optimizers(self):
-        return torch.optim.AdamW(self.vae.parameters(), lr=self.lr, weight_decay=0.0)
+        params = [p for p in self.vae.parameters() if p.requires_grad]
+        return torch.optim.AdamW(params, lr=self.lr, weight_decay=0.0)
 
 
 class UNetModule(L.LightningModule):
@@ -246,6 +255,26 @@ def _trainer(steps: int, callbacks: list) -> L.Trainer:
     )
 
 
+def decoder_stage(args: argparse.Namespace, meta: dict) -> int:
+    """``--stage decoder``: fine-tune the decoder of ``--init`` on world frames, the encoder
+    fixed, and write the pipeline to ``--out``; ``--stage take-decoder``: put the decoder (and
+    post-quant conv) of ``--init`` into the pipeline at ``--out``."""
+    source = load_toy_pipeline(args.init)
+    if args.stage == "take-decoder":
+        pipe = load_toy_pipeline(args.out)
+        for part in ("decoder", "post_quant_conv"):
+            getattr(pipe.vae, part).load_state_dict(getattr(source.vae, part).state_dict())
+        meta = {**describe_weights(args.out), "decoder_from": describe_weights(args.init)}
+        save_toy_weights(pipe, args.out, meta)
+        log.info("decoder of %s written into %s", args.init, args.out)
+        return 0
+    module = VAEModule(source.vae, args.vae_lr, decoder_only=True)
+    data = DataLoader(WorldFrames(200_000), batch_size=args.vae_batch, num_workers=0)
+    saver = SaveWeights(source, args.out, args.save_every, args.log, "decoder", meta)
+    _trainer(args.decoder_steps, [saver]).fit(module, data)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m i2vedit.toy.pretrain", description=__doc__)
     parser.add_argument("--vae-steps", type=int, default=2000)
@@ -261,6 +290,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--resume", action="store_true", help="start the UNet stage from the weights at --out"
     )
+    parser.add_argument(
+        "--stage",
+        choices=("all", "decoder", "take-decoder"),
+        default="all",
+        help="all: VAE then UNet; decoder: fine-tune the VAE decoder of --init (encoder fixed) "
+        "into --out; take-decoder: copy the decoder of --init into the weights at --out",
+    )
+    parser.add_argument("--init", type=Path, help="weights the decoder stages start from")
+    parser.add_argument("--decoder-steps", type=int, default=2000)
     args = parser.parse_args(argv)
     setup_logging()
     if args.threads:
@@ -273,6 +311,8 @@ def main(argv: list[str] | None = None) -> int:
         "seed": args.seed,
     }
     L.seed_everything(args.seed, workers=True, verbose=False)
+    if args.stage != "all":
+        return decoder_stage(args, meta)
     if args.resume:
         pipe = load_toy_pipeline(args.out)
     else:
