@@ -44,6 +44,7 @@ from hydra import compose, initialize_config_module  # noqa: E402
 
 from i2vedit.config import register_configs  # noqa: E402
 from i2vedit.data.video import read_video_frames  # noqa: E402
+from i2vedit.metrics import psnr  # noqa: E402
 from i2vedit.models.device import resolve_device  # noqa: E402
 from i2vedit.models.svd import LoadedModel, load_model  # noqa: E402
 from i2vedit.progress import CONSOLE, setup_logging  # noqa: E402
@@ -73,11 +74,6 @@ class Score:
     psnr: float
     trajectory: float  #: NaN where the case has no tracked object
     colour: float
-
-
-def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    mse = float(((a.astype(np.float64) - b.astype(np.float64)) ** 2).mean())
-    return 100.0 if mse == 0 else 10 * math.log10(255.0**2 / mse)
 
 
 def object_colour(case: ToyCase) -> np.ndarray:
