@@ -16,6 +16,7 @@ The SVD pipeline decodes through the VAE's own signature (``AutoencoderKL`` take
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -114,7 +115,14 @@ def check_toy_weights(path: Path = TOY_WEIGHTS) -> None:
 
 
 def toy_identity(path: Path = TOY_WEIGHTS) -> str:
-    """Names the trained weights by content: ``toy-v1-<first 12 hex of their SHA-256>``."""
+    """Names the trained weights by content: ``toy-v1-<first 12 hex of their SHA-256>`` (hashed
+    once per file version: a run asks for it for every clip's cache keys)."""
+    stat = path.stat()
+    return _toy_identity(path, stat.st_mtime_ns, stat.st_size)
+
+
+@functools.lru_cache(maxsize=8)
+def _toy_identity(path: Path, mtime_ns: int, size: int) -> str:
     from i2vedit.cache import file_sha256
 
     return f"toy-{TOY_VERSION}-{file_sha256(path)[:12]}"
