@@ -118,6 +118,64 @@ def _train(cfg: DictConfig) -> None:
         )
 
 
+@hydra.main(version_base=None, config_path="pkg://i2vedit.conf", config_name="app")
+def _app(cfg: DictConfig) -> None:
+    _run(_serve, cfg)
+
+
+def _serve(cfg: DictConfig) -> None:
+    from i2vedit.app.jobs import AppState, check_settings
+
+    check_settings(cfg)
+    state = AppState.create(cfg)
+    try:
+        state.defaults()  # the edit overrides compose, before the server starts
+        from i2vedit.app.ui import serve
+    except BaseException:
+        state.folders.close()
+        raise
+    serve(state)
+
+
+#: i2vedit-app's flags, as the app config's keys
+APP_FLAGS = {
+    "--server-name": "server_name",
+    "--server-port": "server_port",
+    "--port": "server_port",
+}
+
+
+def app_flags(args: list[str]) -> list[str]:
+    """``--server-name HOST`` / ``--port N`` (also ``--flag=value``) as Hydra overrides."""
+    out, i = [], 0
+    while i < len(args):
+        flag, eq, value = args[i].partition("=")
+        if flag in APP_FLAGS:
+            if not eq:
+                if i + 1 >= len(args):
+                    raise InputError(flag, None, "needs a value")
+                value, i = args[i + 1], i + 1
+            out.append(f"{APP_FLAGS[flag]}={value}")
+        else:
+            out.append(args[i])
+        i += 1
+    return out
+
+
+def app() -> None:
+    """``i2vedit-app``: the editing page (Gradio) on server_name:server_port."""
+    try:
+        sys.argv[1:] = app_flags(sys.argv[1:])
+        if importlib.util.find_spec("gradio") is None:
+            raise InputError(
+                "i2vedit-app", "gradio", "is not installed: pip install 'i2vedit[app]'"
+            )
+    except InputError as err:
+        _say(f"error: {err}")
+        raise SystemExit(EXIT_BAD_INPUT) from None
+    _checked(_app)
+
+
 def edit() -> None:
     """``i2vedit-edit``: edit a video from one or more edited first frames (``-m``: a sweep)."""
     _checked(_edit)

@@ -198,6 +198,31 @@ class EditConfig(TrainConfig):
     dtype: str = "auto"
 
 
+@dataclass
+class AppConfig:
+    """What ``i2vedit-app`` reads (conf/app.yaml): the server, the limits on uploads and jobs,
+    and the edit settings the page starts from."""
+
+    server_name: str = "127.0.0.1"  #: the address served on (0.0.0.0: every interface)
+    server_port: int = 7860
+    max_upload_mb: float = 500.0  #: per uploaded file
+    max_frames: int = 600  #: sampled source frames one job may edit
+    video_types: list[str] = field(
+        default_factory=lambda: [".mp4", ".mov", ".webm", ".mkv", ".avi", ".gif"]
+    )
+    image_types: list[str] = field(
+        default_factory=lambda: [".png", ".jpg", ".jpeg", ".webp", ".bmp"]
+    )
+    #: where job folders live; None: a temporary folder, removed when the app stops
+    work_dir: str | None = None
+    keep_jobs: int = 8  #: finished jobs whose files stay downloadable (older ones are removed)
+    queue_size: int = 32  #: jobs that may wait; later submissions are refused
+    default_model: str = "toy"  #: the page's model: tiny, toy, svd or svd_xt
+    default_model_path: str | None = None  #: svd/svd_xt: a folder or hub id (None: the group's)
+    #: Hydra overrides of the edit config that every job gets (e.g. [metrics=off, num_steps=10])
+    edit_overrides: list[str] = field(default_factory=list)
+
+
 def job_dir(prefix: str) -> str:
     """Default ``output_dir`` (the ``${i2vedit.job_dir:PREFIX}`` resolver): in a Hydra multirun
     the job's own folder (``hydra.sweep.dir/<job number>``), else ``PREFIX/<date>/<time>``."""
@@ -215,6 +240,7 @@ def register_configs() -> None:
     cs = ConfigStore.instance()
     cs.store(name="edit_schema", node=EditConfig)
     cs.store(name="train_schema", node=TrainConfig)
+    cs.store(name="app_schema", node=AppConfig)
 
 
 # --------------------------------------------------------------------------- checks

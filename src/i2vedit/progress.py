@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import logging
 from collections.abc import Callable, Iterator
 
@@ -44,9 +45,44 @@ def _attach(root: logging.Logger, level: int) -> None:
     root.setLevel(level)
 
 
+#: (stage, steps done, steps in all) -> None; called at every step of every long stage
+StepListener = Callable[[str, int, int], None]
+_listener: contextvars.ContextVar[StepListener | None] = contextvars.ContextVar(
+    "i2vedit_step_listener", default=None
+)
+
+
+class Cancelled(Exception):
+    """Raised from a step listener to stop the work at a step boundary (the app's cancel).
+
+    Every stage writes its cache entry atomically once it is whole, so nothing half-written
+    is left behind."""
+
+
+@contextlib.contextmanager
+def step_listener(listener: StepListener) -> Iterator[None]:
+    """Within the block, and in this thread, every step of every stage (motion-LoRA training,
+    inversion, sampling) is also reported to ``listener``, which may raise :class:`Cancelled`."""
+    token = _listener.set(listener)
+    try:
+        yield
+    finally:
+        _listener.reset(token)
+
+
+def report_step(stage: str, done: int, total: int) -> None:
+    """Tell this thread's step listener, if any, that ``stage`` is at ``done`` of ``total``."""
+    listener = _listener.get()
+    if listener is not None:
+        listener(stage, done, total)
+
+
 @contextlib.contextmanager
 def step_progress(description: str, total: int) -> Iterator[Callable[[int], None]]:
-    """A progress bar over ``total`` steps; yields the per-step callback."""
+    """A progress bar over ``total`` steps; yields the per-step callback (which also reports
+    to the step listener)."""
+    report_step(description, 0, total)
+    done = 0
     with Progress(
         TextColumn("{task.description}"),
         BarColumn(),
@@ -58,4 +94,11 @@ def step_progress(description: str, total: int) -> Iterator[Callable[[int], None
         disable=not CONSOLE.is_terminal,
     ) as progress:
         task = progress.add_task(description, total=total)
-        yield lambda _step: progress.advance(task)
+
+        def advance(_step: int) -> None:
+            nonlocal done
+            done += 1
+            progress.advance(task)
+            report_step(description, done, total)
+
+        yield advance

@@ -281,19 +281,15 @@ def _status(plan: ClipPlan) -> str:
     return f"{inversion}; {len(plan.edits) - done} edit(s) to sample"
 
 
-def show_plan(cfg: DictConfig, inputs: EditInputs, plans: list[ClipPlan]) -> None:
-    """The plan table: what each clip covers and adds, and what is computed or reused."""
+def plan_table(
+    cfg: DictConfig, inputs: EditInputs, plans: list[ClipPlan]
+) -> tuple[str, list[str], list[list[str]], str]:
+    """The plan as (title, columns, rows, caption): what each clip covers and adds, and what
+    is computed or reused (shown by the command line and by the app)."""
     source = inputs.source
-    table = Table(title=f"edit plan: {source.video_path.name}, {len(inputs.keyframes)} edit(s)")
-    for column in (
-        "clip",
-        "source time (s)",
-        "sampled",
-        "output frames",
-        "inversion / edits",
-        "LoRA",
-    ):
-        table.add_column(column, no_wrap=True)
+    title = f"edit plan: {source.video_path.name}, {len(inputs.keyframes)} edit(s)"
+    columns = ["clip", "source time (s)", "sampled", "output frames", "inversion / edits", "LoRA"]
+    rows = []
     for plan in plans:
         clip = plan.clip
         lora = (
@@ -306,20 +302,33 @@ def show_plan(cfg: DictConfig, inputs: EditInputs, plans: list[ClipPlan]) -> Non
             )
         )
         shown = f"{plan.first_output_frame}-{plan.first_output_frame + plan.new_frames - 1}"
-        table.add_row(
-            str(clip.clip_id),
-            f"{clip.times[0]:.2f} - {clip.times[-1]:.2f}",
-            f"{clip.indices[0]}-{clip.indices[-1]}",
-            "none (attended to)" if plan.anchor else f"{shown} ({plan.new_frames})",
-            _status(plan),
-            lora,
+        rows.append(
+            [
+                str(clip.clip_id),
+                f"{clip.times[0]:.2f} - {clip.times[-1]:.2f}",
+                f"{clip.indices[0]}-{clip.indices[-1]}",
+                "none (attended to)" if plan.anchor else f"{shown} ({plan.new_frames})",
+                _status(plan),
+                lora,
+            ]
         )
     total = sum(plan.new_frames for plan in plans)
     selected = sum(not plan.anchor for plan in plans)
-    table.caption = (
+    caption = (
         f"output: {total} frames at data.output_fps={inputs.fps:g} = {total / inputs.fps:.2f} s "
         f"per edit; {source.num_clips} clips in the video, {selected} selected"
     )
+    return title, columns, rows, caption
+
+
+def show_plan(cfg: DictConfig, inputs: EditInputs, plans: list[ClipPlan]) -> None:
+    """The plan table on the console."""
+    title, columns, rows, caption = plan_table(cfg, inputs, plans)
+    table = Table(title=title, caption=caption)
+    for column in columns:
+        table.add_column(column, no_wrap=True)
+    for row in rows:
+        table.add_row(*row)
     CONSOLE.print(table, width=max(CONSOLE.width, 120))
 
 
@@ -722,6 +731,34 @@ def _train_missing(cfg, model, inputs: EditInputs, plan: ClipPlan, out_dir: Path
     )
 
 
+@dataclass
+class PreparedEdit:
+    """An edit checked and planned, before any model loads."""
+
+    inputs: EditInputs
+    plans: list[ClipPlan]
+    device: torch.device
+    dtype: torch.dtype
+
+    def __iter__(self):
+        return iter((self.inputs, self.plans, self.device, self.dtype))
+
+
+def prepare_edit(cfg: DictConfig, model: LoadedModel | None = None) -> PreparedEdit:
+    """Check the config, read the inputs and plan every clip (what is cached, what is
+    computed); raises ``InputError`` on bad input. No model loads."""
+    validate_edit_config(cfg)
+    inputs = read_inputs(cfg)
+    device = model.device if model is not None else resolve_device(cfg.device)
+    dtype = model.dtype if model is not None else resolve_dtype(cfg.dtype, device)
+    identity = (
+        model.identity
+        if model is not None
+        else model_identity(cfg.model.kind, cfg.model.path, cfg.model.seed)
+    )
+    return PreparedEdit(inputs, plan_clips(cfg, inputs, identity, dtype), device, dtype)
+
+
 def run_edit(cfg: DictConfig, model: LoadedModel | None = None) -> EditResult:
     """Edit the selected clips of the source video once per keyframe, clip after clip, each
     clip conditioned on the previous clip's last edited frame; returns what it wrote.
@@ -729,8 +766,7 @@ def run_edit(cfg: DictConfig, model: LoadedModel | None = None) -> EditResult:
     ``model`` lets a caller (tests, a long-lived app) pass components already loaded.
     """
     started = time.perf_counter()
-    validate_edit_config(cfg)  # 1
-    inputs = read_inputs(cfg)  # 2
+    inputs, clip_plans, device, dtype = prepare_edit(cfg, model)  # 1, 2
     data = cfg.data
     target_hw = (int(data.output_res[0]), int(data.output_res[1]))
     source_hw = tuple(inputs.source.clips[0].frames.shape[1:3])
@@ -739,14 +775,6 @@ def run_edit(cfg: DictConfig, model: LoadedModel | None = None) -> EditResult:
         ResolutionPlan.build(tuple(k.image.shape[:2]), target_hw, data.pad_to_fit)
         for k in inputs.keyframes
     ]
-    device = model.device if model is not None else resolve_device(cfg.device)
-    dtype = model.dtype if model is not None else resolve_dtype(cfg.dtype, device)
-    identity = (
-        model.identity
-        if model is not None
-        else model_identity(cfg.model.kind, cfg.model.path, cfg.model.seed)
-    )
-    clip_plans = plan_clips(cfg, inputs, identity, dtype)
     inputs.source.log_summary()
     show_plan(cfg, inputs, clip_plans)
     seconds: dict[str, float] = {}

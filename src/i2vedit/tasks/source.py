@@ -52,21 +52,26 @@ class Source:
             )
 
 
+def source_paths(cfg: DictConfig) -> tuple[Path, list[Path]]:
+    """The source video and the edited first frames the config names: its files, or the
+    generated ones of the embedded demo and of the toy items (made on first use)."""
+    data = cfg.data
+    if is_demo(cfg):
+        video_path, keyframe_path = ensure_demo_assets(cfg.paths.cache_dir)
+        return video_path, [keyframe_path]
+    if data.toy_case is not None:
+        from i2vedit.toy.items import ensure_toy_case
+
+        case = ensure_toy_case(cfg.paths.cache_dir, data.toy_case, data.toy_frames)
+        return case["video"], [case["keyframe"]]
+    return Path(data.video_path), [Path(p) for p in data.keyframe_paths or []]
+
+
 def read_source(cfg: DictConfig) -> Source:
     """Decode and sample the source; select the clips from data.begin_clip_id to
     data.end_clip_id (inclusive; None: the last clip)."""
     data = cfg.data
-    if is_demo(cfg):
-        video_path, keyframe_path = ensure_demo_assets(cfg.paths.cache_dir)
-        keyframe_paths = [keyframe_path]
-    elif data.toy_case is not None:
-        from i2vedit.toy.items import ensure_toy_case
-
-        case = ensure_toy_case(cfg.paths.cache_dir, data.toy_case, data.toy_frames)
-        video_path, keyframe_paths = case["video"], [case["keyframe"]]
-    else:
-        video_path = Path(data.video_path)
-        keyframe_paths = [Path(p) for p in data.keyframe_paths or []]
+    video_path, keyframe_paths = source_paths(cfg)
     sampled = sample_video(
         video_path, data.sample_fps, data.start_t, data.end_t, folder_fps=data.folder_fps
     )

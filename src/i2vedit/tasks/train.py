@@ -43,6 +43,7 @@ from i2vedit.training.module import (
     MotionLoRAModule,
     NoiseDraw,
     OneClipDataModule,
+    StepReport,
     checkpoint_steps,
 )
 
@@ -201,7 +202,11 @@ def train_clip(
         max_steps=lora.max_steps,
         accumulate_grad_batches=lora.accumulate_grad_batches,
         logger=CSVLogger(run_dir / "logs", name=f"clip_{clip.clip_id}"),
-        callbacks=[LoRACheckpoint(clip_dir, lora.checkpoint_every), *extra]
+        callbacks=[
+            LoRACheckpoint(clip_dir, lora.checkpoint_every),
+            StepReport(f"train clip {clip.clip_id}"),
+            *extra,
+        ]
         + ([RichProgressBar()] if CONSOLE.is_terminal else []),
         enable_progress_bar=CONSOLE.is_terminal,
         enable_checkpointing=False,

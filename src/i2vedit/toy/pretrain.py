@@ -23,6 +23,7 @@ import argparse
 import csv
 import datetime
 import logging
+import math
 import sys
 import time
 from pathlib import Path
@@ -118,16 +119,18 @@ class VAEModule(L.LightningModule):
 class UNetModule(L.LightningModule):
     """SVD's image-to-video objective on world clips, the UNet trainable, the rest frozen."""
 
-    def __init__(self, pipe, lr: float, seed: int) -> None:
+    def __init__(self, pipe, lr: float, seed: int, steps: int, done: int = 0) -> None:
         super().__init__()
         self.pipe, self.unet, self.lr, self.seed = pipe, pipe.unet, lr, seed
+        self.steps, self.done = steps, done  # this run's steps; steps of earlier runs
         self.params = ConditioningParams()
 
     def on_fit_start(self) -> None:
         self.pipe.to(self.device)  # the frozen VAE and image encoder too
 
     def training_step(self, clip: torch.Tensor, batch_idx: int) -> torch.Tensor:
-        g = torch.Generator().manual_seed(self.seed * 7919 + self.global_step)
+        # a resumed run goes on with new draws rather than replaying the first run's
+        g = torch.Generator().manual_seed(self.seed * 7919 + self.done + self.global_step)
         frames = clip[0]
         pipe = self.pipe
         with torch.no_grad():
@@ -151,17 +154,30 @@ class UNetModule(L.LightningModule):
 
     def configure_optimizers(self):
         optimizer = torch.optim.AdamW(self.unet.parameters(), lr=self.lr, weight_decay=1e-2)
-        warmup = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / 200))
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": warmup, "interval": "step"}}
+        schedule = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda s: unet_lr_factor(s, self.steps, resumed=self.done > 0)
+        )
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+
+def unet_lr_factor(step: int, steps: int, resumed: bool, warmup: int = 200) -> float:
+    """The UNet's learning-rate factor: a linear warm-up (not on a resumed run, whose Adam
+    statistics restart but whose weights are trained), then a cosine decay to 10% at ``steps``."""
+    ramp = 1.0 if resumed else min(1.0, (step + 1) / warmup)
+    progress = min(1.0, step / max(1, steps))
+    return ramp * (0.1 + 0.45 * (1.0 + math.cos(math.pi * progress)))
 
 
 class SaveWeights(L.Callback):
     """Writes the whole toy pipeline's weights every ``every`` steps and at the end, and keeps
     a CSV of (stage, step, loss, seconds)."""
 
-    def __init__(self, pipe, out: Path, every: int, log_path: Path, stage: str, meta: dict):
+    def __init__(
+        self, pipe, out: Path, every: int, log_path: Path, stage: str, meta: dict, done: int = 0
+    ):
         self.pipe, self.out, self.every, self.stage, self.meta = pipe, out, every, stage, meta
-        self.log_path, self.start = log_path, time.perf_counter()
+        self.log_path, self.start, self.done = log_path, time.perf_counter(), done
+        self.seconds_before = float(meta.get(f"{stage}_seconds", 0.0)) if done else 0.0
 
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
         step = trainer.global_step
@@ -172,7 +188,12 @@ class SaveWeights(L.Callback):
             if new:
                 writer.writerow(["stage", "step", "loss", "seconds"])
             writer.writerow(
-                [self.stage, step, f"{loss:.5f}", f"{time.perf_counter() - self.start:.1f}"]
+                [
+                    self.stage,
+                    self.done + step,
+                    f"{loss:.5f}",
+                    f"{self.seconds_before + time.perf_counter() - self.start:.1f}",
+                ]
             )
         if step % self.every == 0:
             self.save(step)
@@ -181,10 +202,11 @@ class SaveWeights(L.Callback):
         self.save(trainer.global_step)
 
     def save(self, step: int) -> None:
-        self.meta[f"{self.stage}_steps"] = step
-        self.meta[f"{self.stage}_seconds"] = round(time.perf_counter() - self.start, 1)
+        seconds = self.seconds_before + time.perf_counter() - self.start
+        self.meta[f"{self.stage}_steps"] = self.done + step
+        self.meta[f"{self.stage}_seconds"] = round(seconds, 1)
         save_toy_weights(self.pipe, self.out, self.meta)
-        log.info("%s step %d: weights written to %s", self.stage, step, self.out)
+        log.info("%s step %d: weights written to %s", self.stage, self.done + step, self.out)
 
 
 def set_scaling_factor(pipe, clips: int = 64, offset: int = 900_000) -> float:
@@ -288,7 +310,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=TOY_WEIGHTS)
     parser.add_argument("--log", type=Path, default=Path("docs/toy_train.csv"))
     parser.add_argument(
-        "--resume", action="store_true", help="start the UNet stage from the weights at --out"
+        "--resume",
+        action="store_true",
+        help="go on training the UNet of the weights at --out for --unet-steps more steps",
     )
     parser.add_argument(
         "--stage",
@@ -313,8 +337,14 @@ def main(argv: list[str] | None = None) -> int:
     L.seed_everything(args.seed, workers=True, verbose=False)
     if args.stage != "all":
         return decoder_stage(args, meta)
+    done = 0
     if args.resume:
         pipe = load_toy_pipeline(args.out)
+        earlier = describe_weights(args.out)
+        done = int(earlier.get("unet_steps", 0))
+        # the earlier runs' record is kept; this run's command is added to it
+        meta = {**earlier, "resumed": [*earlier.get("resumed", []), meta]}
+        log.info("resuming the UNet stage of %s after step %d", args.out, done)
     else:
         pipe = build_toy_pipeline(args.seed)
         args.log.unlink(missing_ok=True)
@@ -326,9 +356,9 @@ def main(argv: list[str] | None = None) -> int:
         log.info("VAE scaling factor %.4f", meta["scaling_factor"])
     pipe.vae.requires_grad_(False).eval()
     pipe.image_encoder.requires_grad_(False).eval()
-    unet_stage = UNetModule(pipe, args.lr, args.seed)
-    data = DataLoader(WorldClips(100_000), batch_size=1, num_workers=0)
-    saver = SaveWeights(pipe, args.out, args.save_every, args.log, "unet", meta)
+    unet_stage = UNetModule(pipe, args.lr, args.seed, args.unet_steps, done)
+    data = DataLoader(WorldClips(100_000 + done), batch_size=1, num_workers=0)
+    saver = SaveWeights(pipe, args.out, args.save_every, args.log, "unet", meta, done)
     _trainer(args.unet_steps, [saver]).fit(unet_stage, data)
     log.info("loss curves: %s", plot_loss(args.log, args.log.with_suffix(".png")))
     return 0

@@ -17,6 +17,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from i2vedit.attention.control import AttentionController, controlled_attention
 from i2vedit.attention.store import MemoryStore
+from i2vedit.progress import report_step
 from i2vedit.sampling.edm import Condition, denoise
 from i2vedit.training.lora import add_motion_lora, lora_disabled, save_lora
 from i2vedit.training.loss import cosine_interpolated_sigma, edm_loss
@@ -193,6 +194,18 @@ def checkpoint_steps(folder: Path) -> list[int]:
         ):
             steps.append(int(step))
     return sorted(steps)
+
+
+class StepReport(L.Callback):
+    """Reports every optimizer step to the step listener (``i2vedit.progress.report_step``),
+    which may stop training by raising ``Cancelled``; the checkpoints already written are
+    whole."""
+
+    def __init__(self, stage: str) -> None:
+        self.stage = stage
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
+        report_step(self.stage, trainer.global_step, trainer.max_steps)
 
 
 class LoRACheckpoint(L.Callback):

@@ -1,0 +1,1 @@
+"""i2vedit-app: the editing page."""
