@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test test-all lint format bench clean
+.PHONY: setup demo app test test-all lint format bench clean
 
 setup: $(STAMP)
 
@@ -15,6 +15,9 @@ $(STAMP): pyproject.toml
 
 demo: setup  ## edit the toy world's dancer (model=toy, trained by us) into outputs/demo
 	$(BIN)/i2vedit-edit +item=dance output_dir=outputs/demo
+
+app: setup  ## the editing page on http://127.0.0.1:7860
+	$(BIN)/i2vedit-app
 
 lint: setup
 	$(BIN)/ruff check src tests experiments

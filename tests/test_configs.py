@@ -129,9 +129,10 @@ def test_configs_found_from_an_installed_wheel(tmp_path):
     assert {
         "i2vedit/conf/edit.yaml",
         "i2vedit/conf/train.yaml",
+        "i2vedit/conf/app.yaml",
         "i2vedit/conf/model/svd_xt.yaml",
     } <= set(yamls)
-    assert len(yamls) == 2 + len(OPTIONS)  # edit.yaml, train.yaml and every group option
+    assert len(yamls) == 3 + len(OPTIONS)  # edit, train, app and every group option
     site = tmp_path / "site"
     zipfile.ZipFile(wheel).extractall(site)
     code = (

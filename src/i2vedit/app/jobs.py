@@ -191,8 +191,9 @@ def check_upload(path: Path, key: str, types: list[str], max_mb: float, name: st
                 raise InputError(key, name, "the video has no frames")
         else:
             load_image(path, key)
-    except InputError as err:
-        raise InputError(key, name, err.reason) from None
+    except InputError as err:  # named by the user's file name, not the upload's temp path
+        reason = err.reason.replace(str(path), name).replace(str(path.parent) + "/", "")
+        raise InputError(key, name, reason) from None
 
 
 def first_frame_png(video: Path, start_t: float, out: Path) -> Path:
@@ -235,7 +236,17 @@ class JobFolders:
         self.keep = max(1, keep)
         self.jobs: dict[str, Job] = {}
         self.finished: list[str] = []
+        self.scratches: list[Path] = []
         self.lock = threading.Lock()
+
+    def scratch(self, name: str) -> Path:
+        """A folder of the app's own under the root (uploads, first frames), removed with the
+        app."""
+        path = self.root / f"_{name}"
+        path.mkdir(exist_ok=True)
+        if path not in self.scratches:
+            self.scratches.append(path)
+        return path
 
     def new(self) -> Job:
         job = Job(uuid.uuid4().hex[:12], Path())
@@ -286,6 +297,8 @@ class JobFolders:
             jobs = list(self.jobs.values())
         for job in jobs:
             self.remove(job)
+        for path in self.scratches:
+            shutil.rmtree(path, ignore_errors=True)
         if self.owned:
             shutil.rmtree(self.root, ignore_errors=True)
 

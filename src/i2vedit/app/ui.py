@@ -11,8 +11,10 @@ import html
 import logging
 import os
 import queue
+import signal
 import threading
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -181,9 +183,8 @@ class Page:
             else:
                 cfg = compose_edit([*self.state.base_overrides(), f"+item={item}"])
                 source = source_paths(cfg)[0]
-            out = Path(video or source).with_name(f"{Path(video or source).stem}_first_frame.png")
-            if not video:  # an item's video lives in the cache: write the frame elsewhere
-                out = self.state.folders.root / "frames" / out.name
+            folder = self.state.folders.scratch("frames") / uuid.uuid4().hex[:12]
+            out = folder / f"{source.stem}_first_frame.png"
             png = first_frame_png(source, float(start_t or 0.0), out)
         except InputError as err:
             return None, None, _error_line(err)
@@ -500,7 +501,7 @@ def build_page(state: AppState) -> tuple[gr.Blocks, Page, gr.themes.Base]:
 def create_app(state: AppState) -> FastAPI:
     """The FastAPI app: the page at /, results at jobs/<id>/<file>."""
     # Gradio keeps uploads in its own folder: put it inside the app's, which goes with the app
-    os.environ["GRADIO_TEMP_DIR"] = str(state.folders.root / "uploads")
+    os.environ["GRADIO_TEMP_DIR"] = str(state.folders.scratch("uploads"))
     blocks, _, theme = build_page(state)
     blocks.queue(max_size=int(state.settings.queue_size), default_concurrency_limit=1)
     app = FastAPI(title="i2vedit")
@@ -547,6 +548,11 @@ def serve(state: AppState) -> None:
         state.folders.root,
     )
     started = time.perf_counter()
+
+    def stop(signum: int, _frame) -> None:  # uvicorn re-raises the signal once it has shut down
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, stop)
     try:
         uvicorn.run(app, host=s.server_name, port=int(s.server_port), log_level="warning")
     finally:
