@@ -5,12 +5,9 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import threading
-import time
-import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +18,7 @@ from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 from PIL import Image
 
+from i2vedit.app.browser import CHROMIUM, chromium_page, running_app
 from i2vedit.app.jobs import (
     RERUN_NAME,
     AppState,
@@ -39,16 +37,6 @@ from i2vedit.progress import Cancelled
 from i2vedit.tasks.edit import run_edit
 
 from .conftest import moving_square_frames
-
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 
 
 def app_state(tmp_path: Path, **settings) -> AppState:
@@ -131,6 +119,18 @@ def test_the_downloaded_config_reruns_the_same_edit(tmp_path, clip15, monkeypatc
     again = run_edit(cfg)
     assert again.cache.hits == []
     assert torch.equal(read_video_frames(again.edited[0]), read_video_frames(result.edited[0]))
+
+
+def test_an_items_video_with_the_users_own_edited_frame(tmp_path, clip15):
+    _, keyframe = clip15
+    state = app_state(tmp_path)
+    request = EditRequest(item="demo", keyframes=[keyframe], model="tiny")
+    result = run_job(state, request, state.folders.new())
+    assert [p.name for p in result.edited] == ["blue.mp4"]  # the upload, not the item's edit
+    assert result.plan.title.startswith("edit plan: demo.mp4")  # the item's video
+    rerun = OmegaConf.load(result.rerun)
+    assert Path(rerun.data.video_path).is_relative_to(tmp_path / "cache")  # kept as it is
+    assert rerun.data.keyframe_paths == [str(keyframe)]
 
 
 def test_a_cancelled_job_stops_at_the_next_step_and_leaves_no_cache_entry(tmp_path, clip15):
@@ -324,105 +324,65 @@ def test_bad_settings_exit_2_with_one_line_before_serving(tmp_path):
 # ----------------------------------------------------------------------------- browser
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 def served_app(tmp_path):
     """``i2vedit-app`` on 127.0.0.1 with the tiny model, as a user starts it."""
-    port = _free_port()
-    env = {**os.environ, "I2VEDIT_CACHE_DIR": str(tmp_path / "cache")}
-    log = open(tmp_path / "app.log", "w")  # noqa: SIM115 (closed below)
-    proc = subprocess.Popen(
-        [
-            str(Path(sys.executable).with_name("i2vedit-app")),
-            "default_model=tiny",
-            f"work_dir={tmp_path / 'jobs'}",
-            "--port",
-            str(port),
-            'edit_overrides=["num_steps=2"]',
-        ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        env=env,
-        cwd=tmp_path,
-    )
-    url = f"http://127.0.0.1:{port}/"
-    deadline = time.monotonic() + 120
-    while True:
-        try:
-            urllib.request.urlopen(url, timeout=2).close()
-            break
-        except OSError:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                log.close()
-                pytest.fail(f"i2vedit-app did not start: {(tmp_path / 'app.log').read_text()}")
-            time.sleep(0.5)
-    yield url
-    proc.terminate()
-    proc.wait(timeout=60)
-    log.close()
+    overrides = ["default_model=tiny", f"work_dir={tmp_path / 'jobs'}"]
+    overrides.append('edit_overrides=["num_steps=2"]')
+    env = {"I2VEDIT_CACHE_DIR": str(tmp_path / "cache")}
+    with running_app(overrides, tmp_path / "app.log", env) as url:
+        yield url
     assert not any((tmp_path / "jobs").iterdir()), "job folders left after the app stopped"
 
 
 @pytest.mark.skipif(not CHROMIUM.exists(), reason="Debian's chromium is not installed")
 def test_the_page_edits_an_upload_and_reports_a_corrupt_one(served_app, clip15, tmp_path):
-    playwright = pytest.importorskip("playwright.sync_api")
+    pytest.importorskip("playwright.sync_api")
     video, keyframe = clip15
     corrupt = tmp_path / "upload" / "corrupt.mp4"
     corrupt.write_bytes(b"\x00\x00\x00\x18ftypmp42" + os.urandom(4000))
-    with playwright.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        try:
-            page = browser.new_page(viewport={"width": 1280, "height": 1000})
-            page.goto(served_app)
-            page.locator("#i2v-video input[type=file]").set_input_files(str(video))
-            page.locator("#i2v-keyframes input[type=file]").set_input_files([str(keyframe)])
-            # the source's first frame is offered for download once the video is in
-            page.locator("#i2v-first-frame img").wait_for(timeout=60_000)
-            page.locator("#i2v-run").click()
-            edited = page.locator("#i2v-results video").nth(1)
-            edited.wait_for(timeout=180_000)
-            state = edited.evaluate(
-                """async (v) => {
-                  if (v.readyState < 1)
-                    await new Promise((r) => v.addEventListener('loadedmetadata', r, {once: true}));
-                  await v.play();
-                  await new Promise((r) => setTimeout(r, 700));
-                  const source = v.closest('.i2v-sync').querySelector('video');
-                  return {duration: v.duration, time: v.currentTime, paused: v.paused,
-                          error: v.error && v.error.code, sourcePaused: source.paused};
-                }"""
-            )
-            assert state["error"] is None
-            assert state["duration"] > 0 and state["time"] > 0 and not state["paused"]
-            assert not state["sourcePaused"]  # the source plays in step with the edit
-            assert "done in" in page.locator("#i2v-status").inner_text()
-            assert "edit plan: square.mp4" in page.locator("#i2v-plan-table").inner_text()
-            page.screenshot(path=str(tmp_path / "result.png"), full_page=True)
+    with chromium_page() as page:
+        page.goto(served_app)
+        page.locator("#i2v-video input[type=file]").set_input_files(str(video))
+        page.locator("#i2v-keyframes input[type=file]").set_input_files([str(keyframe)])
+        # the source's first frame is offered for download once the video is in
+        page.locator("#i2v-first-frame img").wait_for(timeout=60_000)
+        page.locator("#i2v-run").click()
+        edited = page.locator("#i2v-results video").nth(1)
+        edited.wait_for(timeout=180_000)
+        state = edited.evaluate(
+            """async (v) => {
+              if (v.readyState < 1)
+                await new Promise((r) => v.addEventListener('loadedmetadata', r, {once: true}));
+              await v.play();
+              await new Promise((r) => setTimeout(r, 700));
+              const source = v.closest('.i2v-sync').querySelector('video');
+              return {duration: v.duration, time: v.currentTime, paused: v.paused,
+                      error: v.error && v.error.code, sourcePaused: source.paused};
+            }"""
+        )
+        assert state["error"] is None
+        assert state["duration"] > 0 and state["time"] > 0 and not state["paused"]
+        assert not state["sourcePaused"]  # the source plays in step with the edit
+        assert "done in" in page.locator("#i2v-status").inner_text()
+        assert "edit plan: square.mp4" in page.locator("#i2v-plan-table").inner_text()
+        page.screenshot(path=str(tmp_path / "result.png"), full_page=True)
 
-            href = page.locator("#i2v-results a.i2v-download", has_text="blue.mp4").get_attribute(
-                "href"
-            )
-            response = page.request.get(served_app + href)
-            assert response.ok and response.headers["content-type"] == "video/mp4"
-            downloaded = tmp_path / "downloaded.mp4"
-            downloaded.write_bytes(response.body())
-            assert len(read_video_frames(downloaded)) == 15
+        link = page.locator("#i2v-results a.i2v-download", has_text="blue.mp4")
+        response = page.request.get(served_app + link.get_attribute("href"))
+        assert response.ok and response.headers["content-type"] == "video/mp4"
+        downloaded = tmp_path / "downloaded.mp4"
+        downloaded.write_bytes(response.body())
+        assert len(read_video_frames(downloaded)) == 15
 
-            page.reload()
-            page.locator("#i2v-video input[type=file]").set_input_files(str(corrupt))
-            page.locator("#i2v-keyframes input[type=file]").set_input_files([str(keyframe)])
-            page.locator("#i2v-keyframes").get_by_text("blue.png").wait_for(timeout=30_000)
-            page.locator("#i2v-run").click()
-            status = page.locator("#i2v-status")
-            status.get_by_text("error: data.video_path='corrupt.mp4'").wait_for(timeout=60_000)
-            page.screenshot(path=str(tmp_path / "corrupt.png"), full_page=True)
-        finally:
-            browser.close()
+        page.reload()
+        page.locator("#i2v-video input[type=file]").set_input_files(str(corrupt))
+        page.locator("#i2v-keyframes input[type=file]").set_input_files([str(keyframe)])
+        page.locator("#i2v-keyframes").get_by_text("blue.png").wait_for(timeout=30_000)
+        page.locator("#i2v-run").click()
+        status = page.locator("#i2v-status")
+        status.get_by_text("error: data.video_path='corrupt.mp4'").wait_for(timeout=60_000)
+        page.screenshot(path=str(tmp_path / "corrupt.png"), full_page=True)
     assert (tmp_path / "result.png").stat().st_size > 0
 
 
@@ -439,3 +399,14 @@ def test_first_frames_of_items_and_uploads(tmp_path, clip15):
     assert error == "" and Path(png).is_file()
     _, _, error = page.first_frame("(upload a video)", str(video), 99.0)
     assert error.startswith("error: data.start_t=99.0: ")
+
+
+def test_picking_an_item_shows_its_own_settings(tmp_path):
+    from i2vedit.app.ui import ITEM_MODEL, Page
+
+    page = Page(app_state(tmp_path))
+    upload = page.settings_of("(upload a video)")
+    assert upload[2] == 7.0 and upload[11] == 2 and upload[-1] == "tiny"  # the app's defaults
+    dance = page.settings_of("dance")
+    assert dance[4] == "local edits (0.5, 0.8)" and dance[5:7] == [0.5, 0.8]
+    assert dance[-1] == ITEM_MODEL  # the item's own model (toy)

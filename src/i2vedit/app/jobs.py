@@ -14,7 +14,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -452,6 +452,12 @@ class AppState:
         base = self.base_overrides()
         if request.model is None and request.item is None:
             base += self.model_overrides()
+        if request.item is not None and request.keyframes and request.video is None:
+            # the item's video with the user's own edits of its first frame
+            from i2vedit.tasks.source import source_paths
+
+            item_cfg = compose_edit(replace(request, keyframes=[]).overrides(base, None))
+            request = replace(request, video=source_paths(item_cfg)[0])
         return request.overrides(base, output_dir)
 
     def model_overrides(self) -> list[str]:

@@ -168,6 +168,36 @@ class Page:
 
     # ---- handlers
 
+    def settings_of(self, item: str) -> list:
+        """The page's settings as an item sets them (the app's defaults for an upload):
+        start, end, fps, output fps, preset, beta, mask_thr, LoRA steps, SARP, steps, seed,
+        model."""
+        if item in (None, UPLOAD):
+            cfg, model = self.defaults, self.state.settings.default_model
+        else:
+            try:
+                cfg = compose_edit([*self.state.base_overrides(), f"+item={item}"])
+            except InputError:
+                cfg = self.defaults
+            model = ITEM_MODEL
+        d, am = cfg.data, cfg.attention_matching
+        beta = (float(am.beta[0]), float(am.beta[1]))
+        preset = next((n for n, v in self.presets.items() if v == beta), CUSTOM)
+        return [
+            float(d.start_t),
+            float(d.end_t or 0),
+            float(d.sample_fps),
+            float(d.output_fps or 0),
+            preset,
+            *beta,
+            *(float(v) for v in am.mask_thr),
+            int(cfg.lora.checkpoint or 0),
+            bool(cfg.sarp.enabled),
+            int(cfg.num_steps),
+            int(cfg.seed),
+            model,
+        ]
+
     def first_frame(self, item: str, video: str | None, start_t: float):
         """The source's first frame (at start_t), to download and edit elsewhere."""
         if item in (None, UPLOAD) and not video:
@@ -483,8 +513,12 @@ def build_page(state: AppState) -> tuple[gr.Blocks, Page, gr.themes.Base]:
             return gr.update(), gr.update()
 
         preset.change(pick_preset, preset, [beta1, beta2], queue=False)
-        for trigger in (item.change, video.change, start_t.change):
-            trigger(page.first_frame, [item, video, start_t], [first, first_file, status])
+        settings = [start_t, end_t, sample_fps, output_fps, preset, beta1, beta2, mask1, mask2]
+        settings += [lora_steps, sarp, num_steps, seed, model]
+        frame_io = ([item, video, start_t], [first, first_file, status])
+        item.change(page.settings_of, item, settings).then(page.first_frame, *frame_io)
+        for trigger in (video.change, start_t.change):
+            trigger(page.first_frame, *frame_io)
         plan_button.click(page.plan, fields, [plan, status])
         run_button.click(page.submit, None, status, queue=False).then(
             page.run,
