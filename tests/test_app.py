@@ -383,6 +383,21 @@ def test_the_page_edits_an_upload_and_reports_a_corrupt_one(served_app, clip15, 
         status = page.locator("#i2v-status")
         status.get_by_text("error: data.video_path='corrupt.mp4'").wait_for(timeout=60_000)
         page.screenshot(path=str(tmp_path / "corrupt.png"), full_page=True)
+
+        # a long job, cancelled once it is stepping: it stops and says where
+        page.reload()
+        page.locator("#i2v-video input[type=file]").set_input_files(str(video))
+        page.locator("#i2v-keyframes input[type=file]").set_input_files([str(keyframe)])
+        page.locator("#i2v-keyframes").get_by_text("blue.png").wait_for(timeout=30_000)
+        steps = page.locator("#i2v-steps input[type=number]")
+        steps.fill("40")
+        steps.press("Enter")
+        page.locator("#i2v-run").click()
+        page.locator("#i2v-stages").get_by_text("inversion").first.wait_for(timeout=120_000)
+        page.locator("#i2v-cancel").click()
+        status.get_by_text("cancelled (inversion at step").wait_for(timeout=60_000)
+        assert "40/40" not in page.locator("#i2v-stages").inner_text()  # it stopped early
+        page.screenshot(path=str(tmp_path / "cancelled.png"), full_page=True)
     assert (tmp_path / "result.png").stat().st_size > 0
 
 

@@ -298,6 +298,7 @@ class Page:
         plan_md, status = "", "running"
         try:
             worker.start()
+            yield "", "", "checking the input and planning...", ""
             while worker.is_alive() or not events.empty():
                 try:
                     event = events.get(timeout=0.25)
@@ -320,7 +321,10 @@ class Page:
         if error is not None:
             folders.remove(job)
             if isinstance(error, Cancelled):
-                status = f"cancelled ({error}); nothing of it was kept"
+                status = (
+                    f"cancelled ({error}): stages that finished stay in the cache for the "
+                    "next run; nothing half-written was kept"
+                )
             elif isinstance(error, InputError):
                 status = _error_line(error)
             else:
