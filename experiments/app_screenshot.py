@@ -57,7 +57,8 @@ def main(argv: list[str] | None = None) -> int:
                     }""",
                     args.at,
                 )
-                time.sleep(0.5)
+                page.mouse.move(0, 0)  # no hovered controls
+                time.sleep(2.0)  # the players' loading indicators fade
                 page.screenshot(path=str(args.out), full_page=True)
     log.info("wrote %s", args.out)
     return 0

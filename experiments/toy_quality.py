@@ -15,6 +15,8 @@ variants), and is scored against the true edited video:
 Variants: the full method (inversion + SARP + attention matching + motion LoRA, beta (0.5,
 0.8)), and ablations: no inversion (I2V from seeded noise), no attention matching, no motion
 LoRA, no SARP, each beta preset, exact pairing, and the repeat-the-edited-frame baseline.
+The last row is no edit: the ground truth encoded and decoded by the toy VAE, which every
+edit's frames pass through; it bounds what any method can reach with this model.
 
     python experiments/toy_quality.py --cases 20 --threads 1
 """
