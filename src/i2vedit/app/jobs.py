@@ -16,6 +16,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -23,6 +24,9 @@ from omegaconf import DictConfig, OmegaConf
 from i2vedit.data.video import load_image, probe_video, sample_video
 from i2vedit.errors import InputError
 from i2vedit.progress import StepListener, step_listener
+
+if TYPE_CHECKING:
+    from i2vedit.tasks.edit import PreparedEdit
 
 log = logging.getLogger(__name__)
 
@@ -340,8 +344,9 @@ class JobResult:
     frames: int  #: frames per edited video
 
 
-def make_plan(cfg: DictConfig, max_frames: int) -> Plan:
-    """Check the request and plan it (no model loads); ``InputError`` on bad input."""
+def make_plan(cfg: DictConfig, max_frames: int) -> tuple[Plan, PreparedEdit]:
+    """Check the request and plan it (no model loads); ``InputError`` on bad input. Returns
+    the plan to show and the prepared edit that ``run_edit`` goes on from."""
     from i2vedit.tasks.edit import plan_table, prepare_edit
 
     prepared = prepare_edit(cfg)
@@ -353,7 +358,7 @@ def make_plan(cfg: DictConfig, max_frames: int) -> Plan:
             f"{sampled} frames would be sampled; this app edits at most max_frames={max_frames} "
             "(shorten the time range or lower the fps)",
         )
-    return Plan(*plan_table(cfg, prepared.inputs, prepared.plans))
+    return Plan(*plan_table(cfg, prepared.inputs, prepared.plans)), prepared
 
 
 def write_rerun_config(cfg: DictConfig, job: Job) -> Path:
@@ -369,9 +374,8 @@ def write_rerun_config(cfg: DictConfig, job: Job) -> Path:
     # as conf/edit.yaml: Hydra itself writes nothing and stays in the folder it is run in
     data["hydra"] = {"run": {"dir": "."}, "output_subdir": None, "job": {"chdir": False}}
     d = data["data"]
-    for key in ("video_path",):
-        if d.get(key) and Path(d[key]).parent == job.inputs:
-            d[key] = Path(d[key]).name
+    if d.get("video_path") and Path(d["video_path"]).parent == job.inputs:
+        d["video_path"] = Path(d["video_path"]).name
     if d.get("keyframe_paths"):
         d["keyframe_paths"] = [
             Path(p).name if Path(p).parent == job.inputs else p for p in d["keyframe_paths"]
@@ -479,21 +483,21 @@ def run_job(
     on_plan: Callable[[Plan], None] | None = None,
     listener: StepListener | None = None,
 ) -> JobResult:
-    """Plan ``request`` (before any model loads), then edit on a free device, reporting the
-    plan and every step; a listener that raises ``Cancelled`` stops the job at that step.
-    Whatever fails, the caller owns ``job``'s folder (``JobFolders.remove``)."""
+    """Take a free device, plan ``request`` for it (before any model loads), then edit,
+    reporting the plan and every step; a listener that raises ``Cancelled`` stops the job at
+    that step. Whatever fails, the caller owns ``job``'s folder (``JobFolders.remove``)."""
     from i2vedit.tasks.edit import run_edit
 
     cfg = compose_edit(state.job_overrides(request, job.outputs))
-    plan = make_plan(cfg, state.settings.max_frames)
-    if on_plan is not None:
-        on_plan(plan)
     device = state.slots.take()
     try:
-        cfg.device = str(device)
+        cfg.device = str(device)  # the plan's dtype and cache keys are the device's
+        plan, prepared = make_plan(cfg, state.settings.max_frames)
+        if on_plan is not None:
+            on_plan(plan)
         model = state.slots.model(cfg, device)
         with step_listener(listener or (lambda *_: None)):
-            result = run_edit(cfg, model)
+            result = run_edit(cfg, model, prepared)
     finally:
         state.slots.give(device)
     rerun = write_rerun_config(cfg, job)

@@ -17,6 +17,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import gradio as gr
 from fastapi import FastAPI, HTTPException
@@ -86,7 +87,6 @@ class Ticket:
     (or, still queued, does not start)."""
 
     cancel: threading.Event = field(default_factory=threading.Event)
-    job: Job | None = None
 
 
 class Page:
@@ -220,11 +220,11 @@ class Page:
             return None, None, _error_line(err)
         return str(png), str(png), ""
 
-    def plan(self, *fields):
+    def plan(self, values: dict[str, Any]):
         try:
-            request = self.request(None, *fields)
+            request = self.request(None, **values)
             cfg = compose_edit([*self.state.job_overrides(request, None), "output_dir=unused"])
-            return make_plan(cfg, self.state.settings.max_frames).markdown(), ""
+            return make_plan(cfg, self.state.settings.max_frames)[0].markdown(), ""
         except InputError as err:
             return "", _error_line(err)
 
@@ -246,38 +246,14 @@ class Page:
             self.state.folders.remove(job)
         self.tickets.pop(request.session_hash, None)
 
-    def run(
-        self,
-        item,
-        video,
-        keyframes,
-        start_t,
-        end_t,
-        sample_fps,
-        output_fps,
-        beta1,
-        beta2,
-        mask1,
-        mask2,
-        lora_steps,
-        sarp,
-        num_steps,
-        seed,
-        model,
-        model_path,
-        request: gr.Request,
-        progress=gr.Progress(),  # noqa: B008 (Gradio fills it in: the bar over the outputs)
-    ):
+    def run(self, values: dict[str, Any], request: gr.Request, progress: gr.Progress):
         """Plan, then edit, streaming (plan, stages, status, results) to the page."""
-        fields = (item, video, keyframes, start_t, end_t, sample_fps, output_fps, beta1, beta2)
-        fields += (mask1, mask2, lora_steps, sarp, num_steps, seed, model, model_path)
         ticket = self.tickets.setdefault(request.session_hash, Ticket())
         if ticket.cancel.is_set():
             yield "", "", "cancelled before it started", ""
             return
         folders = self.state.folders
         job = folders.new()
-        ticket.job = job
         events: queue.Queue = queue.Queue()
         stages: dict[str, tuple[int, int]] = {}
         outcome: dict[str, object] = {}
@@ -289,7 +265,7 @@ class Page:
 
         def work() -> None:
             try:
-                req = self.request(job, *fields)
+                req = self.request(job, **values)
                 outcome["result"] = run_job(self.state, req, job, events.put, listener)
             except BaseException as err:  # handed to the page below
                 outcome["error"] = err
@@ -491,25 +467,36 @@ def build_page(state: AppState) -> tuple[gr.Blocks, Page, gr.themes.Base]:
         stages = gr.Markdown(elem_id="i2v-stages")
         results = gr.HTML(elem_id="i2v-results", js_on_load=None)
 
-        fields = [
-            item,
-            video,
-            keyframes,
-            start_t,
-            end_t,
-            sample_fps,
-            output_fps,
-            beta1,
-            beta2,
-            mask1,
-            mask2,
-            lora_steps,
-            sarp,
-            num_steps,
-            seed,
-            model,
-            model_path,
-        ]
+        #: the fields a job reads, by the names of ``Page.request``'s parameters
+        named = {
+            "item": item,
+            "video": video,
+            "keyframes": keyframes,
+            "start_t": start_t,
+            "end_t": end_t,
+            "sample_fps": sample_fps,
+            "output_fps": output_fps,
+            "beta1": beta1,
+            "beta2": beta2,
+            "mask1": mask1,
+            "mask2": mask2,
+            "lora_steps": lora_steps,
+            "sarp": sarp,
+            "num_steps": num_steps,
+            "seed": seed,
+            "model": model,
+            "model_path": model_path,
+        }
+        fields = set(named.values())  # Gradio then passes one {component: value} dict
+
+        def by_name(data: dict) -> dict[str, Any]:
+            return {name: data[component] for name, component in named.items()}
+
+        def plan_on_page(data: dict):
+            return page.plan(by_name(data))
+
+        def run_on_page(data: dict, request: gr.Request, progress=gr.Progress()):  # noqa: B008
+            yield from page.run(by_name(data), request, progress)
 
         def pick_preset(name: str):
             if name in presets:
@@ -523,9 +510,9 @@ def build_page(state: AppState) -> tuple[gr.Blocks, Page, gr.themes.Base]:
         item.change(page.settings_of, item, settings).then(page.first_frame, *frame_io)
         for trigger in (video.change, start_t.change):
             trigger(page.first_frame, *frame_io)
-        plan_button.click(page.plan, fields, [plan, status])
+        plan_button.click(plan_on_page, fields, [plan, status])
         run_button.click(page.submit, None, status, queue=False).then(
-            page.run,
+            run_on_page,
             fields,
             [plan, stages, status, results],
             concurrency_limit=len(state.slots),

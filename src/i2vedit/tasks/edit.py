@@ -740,9 +740,6 @@ class PreparedEdit:
     device: torch.device
     dtype: torch.dtype
 
-    def __iter__(self):
-        return iter((self.inputs, self.plans, self.device, self.dtype))
-
 
 def prepare_edit(cfg: DictConfig, model: LoadedModel | None = None) -> PreparedEdit:
     """Check the config, read the inputs and plan every clip (what is cached, what is
@@ -759,14 +756,18 @@ def prepare_edit(cfg: DictConfig, model: LoadedModel | None = None) -> PreparedE
     return PreparedEdit(inputs, plan_clips(cfg, inputs, identity, dtype), device, dtype)
 
 
-def run_edit(cfg: DictConfig, model: LoadedModel | None = None) -> EditResult:
+def run_edit(
+    cfg: DictConfig, model: LoadedModel | None = None, prepared: PreparedEdit | None = None
+) -> EditResult:
     """Edit the selected clips of the source video once per keyframe, clip after clip, each
     clip conditioned on the previous clip's last edited frame; returns what it wrote.
 
-    ``model`` lets a caller (tests, a long-lived app) pass components already loaded.
+    ``model`` lets a caller (tests, a long-lived app) pass components already loaded, and
+    ``prepared`` the ``prepare_edit`` of the same config (the app shows its plan first).
     """
     started = time.perf_counter()
-    inputs, clip_plans, device, dtype = prepare_edit(cfg, model)  # 1, 2
+    prepared = prepared or prepare_edit(cfg, model)  # 1, 2
+    inputs, clip_plans, device = prepared.inputs, prepared.plans, prepared.device
     data = cfg.data
     target_hw = (int(data.output_res[0]), int(data.output_res[1]))
     source_hw = tuple(inputs.source.clips[0].frames.shape[1:3])
@@ -781,7 +782,7 @@ def run_edit(cfg: DictConfig, model: LoadedModel | None = None) -> EditResult:
     cached = all((e.folder / MANIFEST).is_file() for p in clip_plans for e in p.edits.values())
     if model is None and not cached:  # 3 (a run whose every edit is cached needs no model)
         done = _stopwatch(seconds, "load")
-        model = _model(cfg, device, dtype)
+        model = _model(cfg, device, prepared.dtype)
         done()
 
     out_dir = Path(cfg.output_dir)
