@@ -5,12 +5,20 @@ from __future__ import annotations
 import pytest
 import torch
 
-from i2vedit.attention.layers import TEMPORAL, AttentionLayer, is_high_resolution, registered_layers
+from i2vedit.attention.control import MatchingParams
+from i2vedit.attention.layers import (
+    SPATIAL,
+    TEMPORAL,
+    AttentionLayer,
+    is_high_resolution,
+    registered_layers,
+)
 from i2vedit.attention.matching import (
     attention_probs,
     blend_mask,
     frame_thresholds,
     masked_attention_blend,
+    step_boundary,
     temporal_uses_source,
 )
 
@@ -66,24 +74,60 @@ def test_high_resolution_layers_of_svd():
     assert high == ["d0", "d1", "d2", "d3", "u2", "u3", "u4", "u5", "u6", "u7", "u8"]
 
 
-@pytest.mark.parametrize(
-    ("step", "expected_source"),
-    [
-        (0, "all"),  # before beta1 * N = 12.5: every layer takes the source's
-        (12, "all"),
-        (13, "low"),  # inside the window: only the low-resolution layers
-        (19, "low"),
-        (20, "none"),  # from beta2 * N = 20 on: none
-        (24, "none"),
-    ],
-)
-def test_temporal_schedule(step, expected_source):
+# Which temporal layers take the source's probabilities at each step, written out by hand from
+# the reference's int() boundaries: A = all of them, L = only the low-resolution ones (the
+# high-resolution layers use their own attention), N = none.
+SCHEDULES = {
+    # N = 25: (0.5, 0.8) -> int(12.5) = 12, int(20.0) = 20
+    (25, (0.5, 0.8)): "AAAAAAAAAAAALLLLLLLLNNNNN",
+    # (0.8, 0.9) -> int(20.0) = 20, int(22.5) = 22
+    (25, (0.8, 0.9)): "AAAAAAAAAAAAAAAAAAAALLNNN",
+    # (0.4, 0.5) -> int(10.0) = 10, int(12.5) = 12
+    (25, (0.4, 0.5)): "AAAAAAAAAALLNNNNNNNNNNNNN",
+    # N = 14: (0.5, 0.8) -> int(7.0) = 7, int(11.2) = 11
+    (14, (0.5, 0.8)): "AAAAAAALLLLNNN",
+    # (0.8, 0.9) -> int(11.2) = 11, int(12.6) = 12
+    (14, (0.8, 0.9)): "AAAAAAAAAAALNN",
+    # (0.4, 0.5) -> int(5.6) = 5, int(7.0) = 7
+    (14, (0.4, 0.5)): "AAAAALLNNNNNNN",
+}
+
+
+@pytest.mark.parametrize(("num_steps", "beta"), list(SCHEDULES))
+def test_temporal_schedule_table(num_steps, beta):
     layers = _svd_temporal_layers()
-    uses = {layer.path for layer in layers if temporal_uses_source(layer, step, 25, (0.5, 0.8))}
     low = {layer.path for layer in layers if not is_high_resolution(layer)}
-    expected = {"all": {layer.path for layer in layers}, "low": low, "none": set()}[expected_source]
-    assert uses == expected
     assert low == {"d4", "d5", "m", "u0", "u1"}
+    expected = {"A": {layer.path for layer in layers}, "L": low, "N": set()}
+    table = SCHEDULES[(num_steps, beta)]
+    assert len(table) == num_steps
+    for step, phase in enumerate(table):
+        uses = {
+            layer.path for layer in layers if temporal_uses_source(layer, step, num_steps, beta)
+        }
+        assert uses == expected[phase], (num_steps, beta, step)
+    # the spatial layers (all steps at the default spatial_self_replace_steps=1.0) and the
+    # records read: every step with a source-taking layer reads one
+    params = MatchingParams(num_steps=num_steps, beta=beta)
+    assert all(params.active(SPATIAL, step) for step in range(num_steps))
+    assert not params.active(SPATIAL, num_steps)
+    params = MatchingParams(num_steps=num_steps, beta=beta, spatial_steps=0.0)
+    assert [params.reads_records(step) for step in range(num_steps)] == [
+        phase != "N" for phase in table
+    ]
+
+
+def test_step_boundaries_truncate_like_the_reference():
+    assert 0.58 * 50 < 29 and step_boundary(0.58, 50) == 28 == int(0.58 * 50)
+    assert step_boundary(0.5, 25) == 12
+    params = MatchingParams(num_steps=50, spatial_steps=0.58, temporal_steps=0.58)
+    assert params.active(SPATIAL, 27) and not params.active(SPATIAL, 28)
+    assert params.active(TEMPORAL, 27) and not params.active(TEMPORAL, 28)
+    # step 12 of 25 at beta (0.5, 0.8) is already the middle phase: a high-resolution layer
+    # (the first down-path temporal layer) uses its own attention there
+    high = AttentionLayer("d0", "down", TEMPORAL, 0)
+    assert temporal_uses_source(high, 11, 25, (0.5, 0.8))
+    assert not temporal_uses_source(high, 12, 25, (0.5, 0.8))
 
 
 def test_registered_layers_of_tiny_unet(tiny_model):

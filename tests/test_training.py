@@ -3,6 +3,8 @@ trip, and an interrupted run resumes to the same weights."""
 
 from __future__ import annotations
 
+import math
+
 import lightning as L
 import pytest
 import torch
@@ -27,10 +29,20 @@ from tests.conftest import compose_edit, moving_square_frames
 def test_cosine_interpolated_sigma_ends_and_middle():
     sigma = cosine_interpolated_sigma(torch.tensor([0.0, 1.0]))
     assert torch.allclose(sigma, torch.tensor([0.002, 700.0]), rtol=1e-4)
-    # at u = 0.5 the two shifted cosines are averaged: by hand, logsnr = 2 ln 2 - ln 2 / ... :
-    # shift_32 = 2 ln(1/2), shift_64 = 0; t(0.5) is the same angle for both up to the shift
     u = torch.linspace(0, 1, 101)
     assert torch.all(cosine_interpolated_sigma(u).diff() > 0)  # monotone in u
+
+
+def test_cosine_interpolated_sigma_quantiles_match_the_reference():
+    # The reference draws with k-diffusion's rand_cosine_interpolated; its sigma quantiles
+    # 1% / 50% / 99% are 0.0099 / 0.709 / 58.1. The map u -> sigma is monotone, so the q
+    # quantile of sigma is sigma(q) on a fine grid of u. (The earlier lerp weight u gave
+    # 0.018 / 0.709 / 30.7.)
+    u = torch.linspace(0, 1, 100_001)
+    sigma = cosine_interpolated_sigma(u)
+    for q, expected in ((0.01, 0.0099), (0.5, 0.709), (0.99, 58.1)):
+        measured = sigma[round(q * (len(u) - 1))].item()
+        assert abs(math.log(measured / expected)) < math.log(1.05), (q, measured, expected)
 
 
 def test_edm_loss_weight():

@@ -16,11 +16,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from i2vedit.attention.layers import SPATIAL, AttentionLayer, registered_layers
+from i2vedit.attention.layers import SPATIAL, TEMPORAL, AttentionLayer, registered_layers
 from i2vedit.attention.matching import (
     attention_probs,
     blocked_masked_attention,
     frame_thresholds,
+    step_boundary,
     temporal_uses_source,
 )
 from i2vedit.attention.store import AttentionStore
@@ -118,11 +119,16 @@ class MatchingParams:
 
     def reads_records(self, step: int) -> bool:
         """Whether any layer matches at ``step`` (so its record index is needed at all)."""
-        n = self.num_steps
-        return step < n and (
-            step < self.spatial_steps * n
-            or (step < self.temporal_steps * n and step < self.beta[1] * n)
+        return step < self.num_steps and (
+            self.active(SPATIAL, step)
+            or (self.active(TEMPORAL, step) and step < step_boundary(self.beta[1], self.num_steps))
         )
+
+    def active(self, kind: str, step: int) -> bool:
+        """Whether layers of ``kind`` match at ``step``: steps before ``int(x * N)``, with x
+        the spatial or temporal ``*_self_replace_steps`` fraction."""
+        fraction = self.spatial_steps if kind == SPATIAL else self.temporal_steps
+        return step < step_boundary(fraction, self.num_steps)
 
 
 class AttentionMatcher(AttentionController):
@@ -144,8 +150,7 @@ class AttentionMatcher(AttentionController):
     def attend(self, layer, q, k, v, scale):
         k, v = self.temporal_kv(layer, k, v)
         p, t = self.params, self.step
-        active = t < (p.spatial_steps if layer.kind == SPATIAL else p.temporal_steps) * p.num_steps
-        if not active:
+        if not p.active(layer.kind, t):
             return F.scaled_dot_product_attention(q, k, v, scale=scale)
         if layer.kind != SPATIAL and not temporal_uses_source(layer, t, p.num_steps, p.beta):
             return F.scaled_dot_product_attention(q, k, v, scale=scale)

@@ -21,12 +21,16 @@ def _logsnr_cosine_shifted(u: torch.Tensor, shift: float) -> torch.Tensor:
 
 
 def cosine_interpolated_sigma(u: torch.Tensor) -> torch.Tensor:
-    """Sigma of the "cosine interpolated" log-SNR distribution at uniform ``u`` in [0, 1]:
-    the shifted-cosine log-SNRs for noise_d 32 and 64, interpolated by ``u`` itself."""
+    """Sigma of the "cosine interpolated" log-SNR distribution at uniform ``u`` in [0, 1].
+
+    The shifted-cosine log-SNRs for noise_d 32 and 64 are mixed with weight ``1 - u`` on the
+    64 one: at ``u = 0`` (the low-noise end) noise_d 64 alone governs, at ``u = 1`` (the
+    high-noise end) noise_d 32 alone, as k-diffusion's ``rand_cosine_interpolated`` does.
+    Sigma quantiles 1% / 50% / 99%: about 0.0099 / 0.709 / 58.1."""
     u = u.double()
     low = _logsnr_cosine_shifted(u, 2 * math.log(NOISE_D_LOW / IMAGE_D))
     high = _logsnr_cosine_shifted(u, 2 * math.log(NOISE_D_HIGH / IMAGE_D))
-    logsnr = torch.lerp(low, high, u)
+    logsnr = torch.lerp(low, high, 1 - u)
     return (SIGMA_DATA * torch.exp(-logsnr / 2)).float()
 
 
