@@ -156,6 +156,7 @@ def test_cache_command_lists_sizes_and_clears(tiny_model, edit_overrides, tmp_pa
         tiny_model,
     )
     (cache / "inversion" / ".square-clip0-x.tmp-123").mkdir()  # a leftover of a killed write
+    (cache / "inversion" / ".square-clip0-y.lock").write_text("{}")  # a running job's lock
     kinds = sorted(e.kind for e in scan(cache))
     assert kinds == ["demo", "edits", "inversion", "inversion"] or kinds == [
         "edits",
@@ -164,7 +165,7 @@ def test_cache_command_lists_sizes_and_clears(tiny_model, edit_overrides, tmp_pa
     ]
     assert main(["list", "--cache-dir", str(cache)]) == 0
     listed = capsys.readouterr().err
-    assert "square-clip0-" in listed and "(leftover)" in listed
+    assert "square-clip0-" in listed and "(leftover)" in listed and ".lock" not in listed
     assert main(["size", "--cache-dir", str(cache), "--item", "square"]) == 0
     assert "total" in capsys.readouterr().err
     assert main(["clear", "--cache-dir", str(cache), "--item", "square", "--kind", "edits"]) == 0
@@ -207,3 +208,101 @@ def test_skip_interval_reuses_clip_0_records_from_the_cache(
     ):
         assert torch.equal(a, b), i
     assert not torch.equal(first.clip_frames["blue"][2], again.clip_frames["blue"][2])
+
+
+# --- parallel jobs: an entry is computed once, under a lock the others wait on -------------
+
+_HOLDER = """
+import sys, time
+from pathlib import Path
+from i2vedit.cache import EntryLock
+target = Path(sys.argv[1])
+with EntryLock(target, heartbeat=0.1):
+    print("held", flush=True)
+    time.sleep(1.5)  # computing the entry
+    target.mkdir()
+    (target / "done").write_text("the holder's")
+"""
+
+
+def _lock_record(path: Path, **fields) -> None:
+    import json
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"created": "2000-01-01T00:00:00+00:00", **fields}))
+
+
+def test_a_second_process_waits_for_the_holder_then_finds_the_entry(tmp_path, caplog):
+    from i2vedit.cache import EntryLock
+
+    target = tmp_path / "inversion" / "x-123"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    holder = subprocess.Popen(
+        [sys.executable, "-c", _HOLDER, str(target)], env=env, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        lock = EntryLock(target, poll=0.05)
+        assert lock.path == tmp_path / "inversion" / ".x-123.lock" and lock.path.is_file()
+        assert not target.exists()
+        with caplog.at_level("INFO", logger="i2vedit"), lock:
+            # what a job does once it holds the lock: look again before computing
+            assert (target / "done").read_text() == "the holder's"
+            assert lock.waited > 0.5
+        assert f"being computed by pid {holder.pid} on " in caplog.text
+        assert "breaking" not in caplog.text
+        assert not lock.path.exists()  # released
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_the_lock_is_released_on_errors_and_interrupts(tmp_path):
+    from i2vedit.cache import EntryLock
+
+    target = tmp_path / "x-1"
+    for error in (RuntimeError, KeyboardInterrupt):
+        with pytest.raises(error), EntryLock(target):
+            assert EntryLock(target).path.is_file()
+            raise error
+        assert not EntryLock(target).path.exists()
+
+
+def test_a_lock_left_by_a_dead_process_on_this_host_is_broken_at_once(tmp_path, caplog):
+    import socket
+
+    from i2vedit.cache import EntryLock
+
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()  # exited and reaped: its pid is free
+    lock = EntryLock(tmp_path / "x-2", stale=600, poll=0.05)
+    _lock_record(lock.path, host=socket.gethostname(), pid=gone.pid, token="dead")
+    start = time.monotonic()
+    with caplog.at_level("WARNING", logger="i2vedit"), lock:
+        assert time.monotonic() - start < 5  # not the 600 s of a missing heartbeat
+        assert f"process {gone.pid} is gone" in caplog.text
+
+
+def test_a_lock_from_another_host_is_broken_once_its_heartbeat_stops(tmp_path, caplog):
+    import json
+    import threading
+
+    from i2vedit.cache import EntryLock
+
+    target = tmp_path / "x-3"
+    # a live holder on "another node": its pid cannot be checked, but its heartbeat goes on
+    holder = EntryLock(target, heartbeat=0.1).acquire()
+    record = json.loads(holder.path.read_text())
+    holder.path.write_text(json.dumps({**record, "host": "other-node"}))
+    threading.Timer(2.0, holder.release).start()
+    start = time.monotonic()
+    with caplog.at_level("INFO", logger="i2vedit"), EntryLock(target, stale=1.0, poll=0.05):
+        assert time.monotonic() - start > 1.5  # waited for the release, past the stale timeout
+    assert "on other-node" in caplog.text and "breaking" not in caplog.text
+    # a holder on another node that stopped (killed): no heartbeat, broken after the timeout
+    waiter = EntryLock(target, stale=1.0, poll=0.05)
+    _lock_record(waiter.path, host="other-node", pid=os.getpid(), token="killed")
+    start = time.monotonic()
+    with caplog.at_level("WARNING", logger="i2vedit"), waiter:
+        assert 1.0 <= time.monotonic() - start < 10
+    assert "no heartbeat for 1 s" in caplog.text

@@ -55,7 +55,8 @@ def test_every_option_composes(group, option, tmp_path):
     validate_edit_config(cfg)
 
 
-TRAIN_GROUPS = ("conditioning", "data", "item", "lora", "model", "trainer")
+#: every group but the named sweeps (edits only) composes in i2vedit-train too
+TRAIN_GROUPS = tuple(g for g in GROUPS if g != "sweep")
 
 
 @pytest.mark.parametrize(("group", "option"), [o for o in OPTIONS if o[0] in TRAIN_GROUPS])
@@ -68,6 +69,67 @@ def test_every_train_option_composes(group, option, tmp_path):
     if group == "model" and option != "tiny":
         return
     validate_train_config(cfg)
+
+
+#: an edit's overrides and a training's, given to both commands
+SHARED_OVERRIDES = [
+    "+item=dance",
+    "num_steps=3",
+    "attention_matching.beta=[0.4,0.5]",
+    "attention_matching.mask_thr=[0.3,0.4]",
+    "sarp=off",
+    "inversion.method=edm",
+    "metrics=off",
+    "dtype=auto",
+    "lora=ckpt250",
+    "lora.max_steps=250",
+    "lora.rank=4",
+    "trainer=cpu",
+    "long_video=skip_interval",
+    "output_dir=x",
+]
+
+
+def test_train_and_edit_take_the_same_keys():
+    """One item or one override list serves both commands (as the reference's one config)."""
+    from i2vedit.config import dotted_keys, validate_train_config
+
+    assert dotted_keys(compose_train(["output_dir=x"])) == dotted_keys(
+        compose_edit(["output_dir=x"])
+    )
+    train, edit = compose_train(SHARED_OVERRIDES), compose_edit(SHARED_OVERRIDES)
+    assert OmegaConf.to_container(train) == OmegaConf.to_container(edit)
+    assert train.num_steps == 3 and list(train.attention_matching.beta) == [0.4, 0.5]
+    assert not train.sarp.enabled and train.lora.rank == 4 and train.trainer.accelerator == "cpu"
+    validate_train_config(train)  # training ignores the edit's settings
+    validate_edit_config(edit)
+
+
+@pytest.mark.parametrize("command", ["edit", "train"])
+def test_unknown_keys_are_refused_with_the_closest(command):
+    from hydra.errors import ConfigCompositionException
+
+    from i2vedit.cli import composition_error
+    from i2vedit.config import check_known_keys
+    from i2vedit.errors import InputError
+
+    compose = compose_edit if command == "edit" else compose_train
+    for override, closest in [
+        ("attention_matching.betta=0.4", "attention_matching.beta"),
+        ("atention_matching.beta=[0.4,0.5]", "attention_matching.beta"),
+        ("num_step=3", "num_steps"),
+        ("beta=[0.4,0.5]", "attention_matching.beta"),
+    ]:
+        with pytest.raises(ConfigCompositionException) as caught:
+            compose([override, "output_dir=x"])
+        line = str(composition_error(caught.value, [override, "output_dir=x"]))
+        key = override.partition("=")[0]
+        assert line.startswith(f"{key}=") and line.endswith(f"no such key; did you mean {closest}?")
+    # +KEY=VALUE gets past the schema while composing; the run refuses it
+    cfg = compose(["+attention_matching.betta=0.4", "output_dir=x"])
+    with pytest.raises(InputError, match="did you mean attention_matching.beta"):
+        check_known_keys(cfg)
+    check_known_keys(compose(["+item=demo", "output_dir=x"]))  # known keys pass
 
 
 def test_lora_options():

@@ -78,7 +78,7 @@ BAD = [
     ("data.video_path=/nonexistent/video.mp4", "data.video_path"),
     ("data.keyframe_paths=[/nonexistent/edit.png]", "data.keyframe_paths"),
     ("data.start_t=50", "data.start_t"),
-    ("data.end_t=0.3", "data.end_t"),  # 4 frames at 12 fps: no full clip
+    ("data.end_t=0.05", "data.end_t"),  # 1 frame at 12 fps: a clip needs at least 2
     (
         "+attention_matching.per_edit=[{beta:[0.4,0.5]},{beta:[0.5,0.8]}]",
         "attention_matching.per_edit",
@@ -303,6 +303,75 @@ def test_skip_interval_continued_at_a_later_clip(tiny_model, edit_overrides, tmp
 
 
 @pytest.mark.parametrize(
+    ("end_t", "ranges"),
+    [
+        # 12 sampled frames, chunk 8, overlay 1: a full clip, then a shorter one of 5
+        (0.95, [range(0, 8), range(7, 12)]),
+        # 22 frames: three full clips; 24 (the whole video): three, then one of 3
+        (1.83, [range(0, 8), range(7, 15), range(14, 22)]),
+        ("null", [range(0, 8), range(7, 15), range(14, 22), range(21, 24)]),
+    ],
+)
+def test_every_sampled_frame_is_edited_once(end_t, ranges, tiny_model, edit_overrides):
+    overrides = [o for o in edit_overrides if not o.startswith("data.end_clip_id")]
+    cfg = compose_edit(
+        [*overrides, f"data.end_t={end_t}", "attention_matching=off", "inversion=none", "sarp=off"]
+    )
+    result = run_edit(cfg, model=tiny_model)
+    frames = ranges[-1].stop
+    assert [p.clip.indices for p in result.plan] == [list(r) for r in ranges]
+    assert [len(c) for c in result.clip_frames["blue"]] == [len(r) for r in ranges]
+    video = read_video_frames(result.edited[0])
+    assert len(video) == frames == sum(p.new_frames for p in result.plan)
+    source = read_video_frames(result.source)
+    expected = torch.from_numpy(moving_square_frames()[:frames]).float()
+    assert len(source) == frames
+    assert (source.float() - expected).abs().mean() < 6  # the sampled frames, in order, once
+    title, columns, rows, caption = edit_task.plan_table(cfg, result_inputs(cfg), result.plan)
+    lengths = [row[columns.index("frames")] for row in rows]
+    assert lengths == [str(len(r)) if len(r) == 8 else f"{len(r)} (short)" for r in ranges]
+    assert caption.startswith(f"output: {frames} frames")
+
+
+def result_inputs(cfg):
+    return edit_task.read_inputs(cfg)
+
+
+def test_a_short_last_clip_with_skip_interval_attention(tiny_model, edit_overrides, monkeypatch):
+    """12 sampled frames with skip-interval attention on: clip 1 (5 frames) attends to clip 0's
+    8 frames beside its own in inversion and sampling; every frame is written once."""
+    from i2vedit.attention.control import AttentionController
+
+    seen = []
+    original = AttentionController.temporal_kv
+
+    def spy(self, layer, k, v):
+        k2, v2 = original(self, layer, k, v)
+        if layer.kind == "temporal":
+            seen.append((self.kv_extra is not None, k.shape[-2], k2.shape[-2]))
+        return k2, v2
+
+    monkeypatch.setattr(AttentionController, "temporal_kv", spy)
+    overrides = [o for o in edit_overrides if not o.startswith("data.end_clip_id")]
+    cfg = compose_edit([*overrides, "data.end_t=0.95", "num_steps=2", "long_video=skip_interval"])
+    result = run_edit(cfg, model=tiny_model)
+    assert len(read_video_frames(result.edited[0])) == 12
+    assert {(own, seen_) for extra, own, seen_ in seen if extra} == {(5, 13)}
+    assert {(own, seen_) for extra, own, seen_ in seen if not extra} == {(8, 8)}
+
+
+def test_overlay_0_leaves_a_one_frame_last_clip(tiny_model, edit_overrides):
+    """chunk 8, overlay 0, 9 frames: the ninth frame is a clip of its own, conditioned on the
+    eighth edited frame (SVD samples one frame as well as many)."""
+    overrides = [o for o in edit_overrides if not o.startswith("data.end_clip_id")]
+    cfg = compose_edit([*overrides, "data.end_t=0.7", "data.overlay_size=0", "num_steps=2"])
+    result = run_edit(cfg, model=tiny_model)
+    assert [len(p.clip.frames) for p in result.plan] == [8, 1]
+    video = read_video_frames(result.edited[0])
+    assert len(video) == 9 and torch.isfinite(video.float()).all()
+
+
+@pytest.mark.parametrize(
     "mode",
     [
         "long_video=skip_interval",
@@ -336,3 +405,26 @@ def test_skip_interval_attention_sees_clip_0(mode, tiny_model, edit_overrides, m
     else:  # clips 1 and 2 see clip 0's 8 frames beside their own 8, in inversion and sampling
         assert with_extra == {("inversion", 16), ("sampling", 16)}
         assert without == {("inversion", 8), ("sampling", 8)}  # clip 0 itself
+
+
+def test_any_clip_length_on_any_model(tiny_model, edit_overrides, caplog):
+    """data.chunk_size need not be the model's frame count: 5-frame clips on the 8-frame tiny
+    model edit (and say so in one log line); 11-frame clips on SVD pass the checks."""
+    from i2vedit.config import validate_edit_config
+
+    svd = compose_edit(["model=svd", "data.chunk_size=11", "output_dir=x"])
+    assert svd.model.num_frames == 14 and svd.data.chunk_size == 11
+    try:
+        validate_edit_config(svd)
+    except InputError as err:  # no weights here: only the model folder may be refused
+        assert err.key == "model.path", err
+    overrides = [o for o in edit_overrides if not o.startswith("data.end_clip_id")]
+    cfg = compose_edit([*overrides, "data.end_t=0.95", "data.chunk_size=5", "num_steps=2"])
+    with caplog.at_level("INFO", logger="i2vedit"):
+        result = run_edit(cfg, model=tiny_model)
+    assert [len(p.clip.frames) for p in result.plan] == [5, 5, 4]
+    assert len(read_video_frames(result.edited[0])) == 12
+    lines = [r.getMessage() for r in caplog.records if "model.num_frames" in r.getMessage()]
+    assert lines == [
+        "clips of 5 and 4 frames on a model made for model.num_frames=8 (it samples any count)"
+    ]

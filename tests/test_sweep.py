@@ -91,6 +91,29 @@ def test_beta_sweep_reuses_one_inversion_and_reports(beta_sweep, keyframe):
     )
 
 
+def test_parallel_jobs_compute_the_inversion_once(source_video, keyframe, tmp_path):
+    """Under a parallel launcher both jobs want the same inversion at once: one computes it,
+    the other waits for it and loads it (one inversion and two edits in all, not 2 + 2)."""
+    args = [
+        *_base(source_video, keyframe, tmp_path),
+        "-m",
+        "attention_matching.beta=[0.4,0.5],[0.5,0.8]",
+        "hydra/launcher=joblib",
+        "hydra.launcher.n_jobs=2",
+    ]
+    done = _sweep(args, tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    with open(tmp_path / "sweep" / "report.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["job"], r["status"]) for r in rows] == [("0", "ok"), ("1", "ok")]
+    assert sum(int(r["computed"]) for r in rows) == 3, rows
+    runs = [json.loads((tmp_path / "sweep" / str(j) / "run.json").read_text()) for j in (0, 1)]
+    inversions = [a for run in runs for a in run["computed"] if a.startswith("inversion ")]
+    assert len(inversions) == 1
+    assert any(inversions[0] in run["cache_hits"] for run in runs)
+    assert not list((tmp_path / "cache").rglob("*.lock"))  # every lock released
+
+
 def test_report_command_rebuilds_the_report(beta_sweep):
     tmp, _ = beta_sweep
     sweep = tmp / "sweep"

@@ -262,3 +262,34 @@ def test_skip_interval_training_attends_to_clip_0(
         assert {k: type(v) for k, v in tiny_model.unet.attn_processors.items()} == processors
     a, b = weights["skip_interval"], weights["autoregressive"]
     assert max((a[k] - b[k]).abs().max().item() for k in a) > 1e-6
+
+
+def test_training_covers_a_short_last_clip(tiny_model, source_video, tmp_path, monkeypatch):
+    """12 sampled frames with chunk 8 and overlay 1: clip 0 (8 frames) and a shorter clip 1
+    (5 frames) each get their motion LoRA, as the edit of the same frames expects."""
+    from i2vedit.tasks import train as train_task
+    from tests.conftest import compose_train
+
+    trained = []
+    original = train_task.train_clip
+
+    def spy(cfg, model, clip, *args, **kwargs):
+        trained.append((clip.clip_id, len(clip.frames)))
+        return original(cfg, model, clip, *args, **kwargs)
+
+    monkeypatch.setattr(train_task, "train_clip", spy)
+    cfg = compose_train(
+        [
+            f"data.video_path={source_video}",
+            "data.sample_fps=12",
+            "data.end_t=0.95",
+            "lora.max_steps=1",
+            "lora.checkpoint_every=1",
+            "lora.rank=4",
+            f"output_dir={tmp_path / 'out'}",
+            f"paths.cache_dir={tmp_path / 'cache'}",
+        ]
+    )
+    result = train_task.run_train(cfg, model=tiny_model)
+    assert trained == [(0, 8), (1, 5)]
+    assert result.checkpoints == {0: [1], 1: [1]}

@@ -530,11 +530,35 @@ def test_no_frame_selected(tmp_path: Path) -> None:
 
 def test_clip_ranges_hand_computed() -> None:
     assert clip_ranges(27, 14, 1) == [range(0, 14), range(13, 27)]
-    assert clip_ranges(30, 14, 1) == [range(0, 14), range(13, 27)]  # 3 frames left over
+    # 3 frames left over: a last clip of 4 (one shared with the clip before)
+    assert clip_ranges(30, 14, 1) == [range(0, 14), range(13, 27), range(26, 30)]
     assert clip_ranges(14, 14, 0) == [range(0, 14)]
     assert clip_ranges(28, 14, 0) == [range(0, 14), range(14, 28)]
+    assert clip_ranges(29, 14, 0) == [range(0, 14), range(14, 28), range(28, 29)]
     assert clip_ranges(10, 4, 2) == [range(0, 4), range(2, 6), range(4, 8), range(6, 10)]
+    assert clip_ranges(11, 4, 2) == [
+        range(0, 4),
+        range(2, 6),
+        range(4, 8),
+        range(6, 10),
+        range(8, 11),
+    ]
     assert clip_ranges(5, 2, 1) == [range(k, k + 2) for k in range(4)]
+    assert clip_ranges(12, 8, 1) == [range(0, 8), range(7, 12)]
+    assert clip_ranges(22, 8, 1) == [range(0, 8), range(7, 15), range(14, 21), range(20, 22)]
+    assert clip_ranges(5, 14, 1) == [range(0, 5)]  # fewer than a clip: one short clip
+
+
+@pytest.mark.parametrize("chunk", [2, 3, 5, 8, 14])
+@pytest.mark.parametrize("overlay", [0, 1, 2])
+@pytest.mark.parametrize("frames", [2, 7, 12, 22, 40])
+def test_clip_ranges_cover_every_frame_once_after_overlaps(chunk, overlay, frames) -> None:
+    if overlay >= chunk:
+        return
+    ranges = clip_ranges(frames, chunk, overlay)
+    assert all(len(r) <= chunk for r in ranges)
+    output = list(ranges[0]) + [i for r in ranges[1:] for i in list(r)[overlay:]]
+    assert output == list(range(frames))  # stitched as the edit does: each frame once
 
 
 def test_clip_ranges_errors() -> None:
@@ -548,23 +572,23 @@ def test_clip_ranges_errors() -> None:
         clip_ranges(30, 14, -1)
     assert exc.value.key == "data.overlay_size"
     with pytest.raises(InputError) as exc:
-        clip_ranges(5, 14, 1)
+        clip_ranges(1, 14, 1)
     assert exc.value.key == "data.end_t"
-    assert "only 5 frames sampled" in exc.value.reason
-    assert "chunk_size=14" in exc.value.reason
+    assert "only 1 frame(s) sampled" in exc.value.reason
+    assert "at least 2" in exc.value.reason
     with pytest.raises(InputError) as exc:
         clip_ranges(
-            5,
+            0,
             14,
             1,
             key="data.sample_fps",
             value=2,
-            context="between start_t=0 and end_t=2.5 at sample_fps=2",
+            context="between start_t=0 and end_t=0.4 at sample_fps=2",
         )
     assert exc.value.key == "data.sample_fps" and exc.value.value == 2
     assert exc.value.reason == (
-        "only 5 frames sampled between start_t=0 and end_t=2.5 at sample_fps=2; "
-        "a clip needs chunk_size=14"
+        "only 0 frame(s) sampled between start_t=0 and end_t=0.4 at sample_fps=2; "
+        "a clip needs at least 2"
     )
 
 

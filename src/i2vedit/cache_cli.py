@@ -50,6 +50,8 @@ def scan(cache_dir: Path, item: str | None = None, kind: str | None = None) -> l
         if not folder.is_dir():
             continue
         for path in sorted(folder.iterdir()):
+            if path.is_file() and ".lock" in path.name:
+                continue  # a job's EntryLock: not an entry (a dead holder's is broken on use)
             complete = not path.name.startswith(".")
             if item is not None and not (complete and path.name.startswith(f"{item}-")):
                 if not (k == "demo" and item == "demo"):
@@ -101,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
                 e.kind, e.name if e.complete else f"{e.name} (leftover)", _human(e.bytes), e.created
             )
         table.caption = f"{len(entries)} entries, {_human(sum(e.bytes for e in entries))}"
-        CONSOLE.print(table, width=max(CONSOLE.width, 120))
+        CONSOLE.print(table)
     elif args.action == "size":
         table = Table(title=f"i2vedit cache: {cache_dir}")
         for column in ("kind", "entries", "size"):

@@ -3,7 +3,9 @@ before any model loads."""
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
+import difflib
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -149,29 +151,6 @@ class LongVideoConfig:
     load_from_last_frames_latents: list[str] | None = None
 
 
-@dataclass
-class TrainConfig:
-    """What ``i2vedit-train`` reads (and ``i2vedit-edit`` too, as the base of its schema)."""
-
-    data: DataConfig = field(default_factory=DataConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
-    conditioning: ConditioningParams = field(default_factory=ConditioningParams)
-    #: items carry per-edit settings for i2vedit-edit; training reads none of them
-    attention_matching: AttentionMatchingConfig = field(default_factory=AttentionMatchingConfig)
-    lora: LoraSchema = field(default_factory=LoraSchema)
-    trainer: TrainerSchema = field(default_factory=TrainerSchema)
-    paths: PathsConfig = field(default_factory=PathsConfig)
-    seed: int = 42
-    device: str = "auto"
-    output_dir: str = MISSING
-    #: the item's name: names its cache entries (i2vedit-cache --item NAME); None: video stem
-    name: str | None = None
-    #: chaining of clips; skip-interval attention applies in training and editing alike
-    long_video: LongVideoConfig = field(default_factory=LongVideoConfig)
-    #: the reference's name for long_video=skip_interval
-    use_consistency_attention_control: bool = False
-
-
 FLOW_METHODS = ("auto", "farneback", "raft")
 
 
@@ -190,12 +169,37 @@ class MetricsConfig:
 
 
 @dataclass
-class EditConfig(TrainConfig):
+class RunConfig:
+    """What ``i2vedit-train`` and ``i2vedit-edit`` read: one schema for both, so one override
+    list or one item serves either command; each ignores what it does not use (training reads
+    no sarp, inversion, attention_matching, metrics, num_steps or dtype; an edit reads lora's
+    training settings and trainer only when it trains a missing LoRA)."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    conditioning: ConditioningParams = field(default_factory=ConditioningParams)
     sarp: SarpConfig = field(default_factory=SarpConfig)
     inversion: InversionConfig = field(default_factory=InversionConfig)
+    attention_matching: AttentionMatchingConfig = field(default_factory=AttentionMatchingConfig)
+    lora: LoraSchema = field(default_factory=LoraSchema)
+    trainer: TrainerSchema = field(default_factory=TrainerSchema)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    paths: PathsConfig = field(default_factory=PathsConfig)
     num_steps: int = 25
+    seed: int = 42
+    device: str = "auto"
     dtype: str = "auto"
+    output_dir: str = MISSING
+    #: the item's name: names its cache entries (i2vedit-cache --item NAME); None: video stem
+    name: str | None = None
+    #: chaining of clips; skip-interval attention applies in training and editing alike
+    long_video: LongVideoConfig = field(default_factory=LongVideoConfig)
+    #: the reference's name for long_video=skip_interval
+    use_consistency_attention_control: bool = False
+
+
+#: the schemas of conf/train.yaml (train_schema) and conf/edit.yaml (edit_schema): the same keys
+TrainConfig = EditConfig = RunConfig
 
 
 @dataclass
@@ -238,9 +242,91 @@ def register_configs() -> None:
     """Register the schemas the YAML files in conf/ build on, and the resolvers they use."""
     OmegaConf.register_new_resolver("i2vedit.job_dir", job_dir, use_cache=True, replace=True)
     cs = ConfigStore.instance()
-    cs.store(name="edit_schema", node=EditConfig)
-    cs.store(name="train_schema", node=TrainConfig)
+    cs.store(name="edit_schema", node=RunConfig)
+    cs.store(name="train_schema", node=RunConfig)
     cs.store(name="app_schema", node=AppConfig)
+
+
+# --------------------------------------------------------------------------- keys
+
+
+def dotted_keys(cfg: DictConfig, prefix: str = "") -> list[str]:
+    """Every key of a config, nested ones dotted (``attention_matching.beta``), groups too;
+    list items are not entered and nothing is resolved."""
+    keys = []
+    for key, node in _children(cfg):
+        keys.append(f"{prefix}{key}")
+        if node is not None:
+            keys += dotted_keys(node, f"{prefix}{key}.")
+    return keys
+
+
+def _children(cfg: DictConfig) -> list[tuple[str, DictConfig | None]]:
+    """(key, the node if it is a config to enter) for every key, resolving nothing."""
+    out = []
+    for key in cfg.keys():
+        plain = OmegaConf.is_interpolation(cfg, key) or OmegaConf.is_missing(cfg, key)
+        node = None if plain else cfg[key]
+        out.append((str(key), node if isinstance(node, DictConfig) else None))
+    return out
+
+
+def close_keys(key: str, known: list[str], n: int = 3) -> list[str]:
+    """The known dotted keys closest to a mistyped one: a sibling (``attention_matching.betta``
+    -> ``attention_matching.beta``), the same name under another parent (``beta`` ->
+    ``attention_matching.beta``), or the key under its mistyped parent (``atention_matching.beta``
+    -> ``attention_matching.beta``)."""
+    parent, _, leaf = key.rpartition(".")
+    if parent and parent not in known:
+        found = [k for p in close_keys(parent, known, n) for k in _siblings(p, leaf, known, n)]
+        return found[:n]
+    found = _siblings(parent, leaf, known, n)
+    if not found:
+        leaves: dict[str, list[str]] = {}
+        for k in known:
+            leaves.setdefault(k.rpartition(".")[2], []).append(k)
+        found = [k for m in difflib.get_close_matches(leaf, list(leaves), n) for k in leaves[m]]
+    return found[:n]
+
+
+def _siblings(parent: str, leaf: str, known: list[str], n: int) -> list[str]:
+    """The keys under ``parent`` whose name is close to ``leaf``."""
+    names = {k.rpartition(".")[2]: k for k in known if k.rpartition(".")[0] == parent}
+    return [names[m] for m in difflib.get_close_matches(leaf, list(names), n)]
+
+
+def no_such_key(key: str, value: Any, known: list[str]) -> InputError:
+    """The one-line error of an unknown key, with the closest known keys."""
+    if not key.startswith("hydra."):
+        known = [k for k in known if k != "hydra" and not k.startswith("hydra.")]
+    found = close_keys(key, known)
+    hint = f"; did you mean {' or '.join(found)}?" if found else ""
+    return InputError(key, value, f"no such key{hint}")
+
+
+def check_known_keys(cfg: DictConfig) -> None:
+    """Refuse a key that the config's typed schema lacks (``+key=...`` overrides get past the
+    schema while composing): an unknown key is an error, never silently unused."""
+    added = _added_keys(cfg)
+    if added:
+        known = [
+            k for k in dotted_keys(cfg) if not any(k == a or k.startswith(f"{a}.") for a in added)
+        ]
+        raise no_such_key(added[0], OmegaConf.select(cfg, added[0]), known)
+
+
+def _added_keys(cfg: DictConfig, prefix: str = "") -> list[str]:
+    schema = OmegaConf.get_type(cfg)
+    fields = (
+        {f.name for f in dataclasses.fields(schema)} if dataclasses.is_dataclass(schema) else None
+    )
+    added = []
+    for key, node in _children(cfg):
+        if fields is not None and key not in fields:
+            added.append(f"{prefix}{key}")
+        elif node is not None:
+            added += _added_keys(node, f"{prefix}{key}.")
+    return added
 
 
 # --------------------------------------------------------------------------- checks
@@ -314,12 +400,6 @@ def _validate_source(cfg: DictConfig) -> None:
             data.overlay_size,
             f"must be in [0, data.chunk_size={data.chunk_size})",
         )
-    if data.chunk_size != cfg.model.num_frames:
-        raise InputError(
-            "data.chunk_size",
-            data.chunk_size,
-            f"must equal the model's frame count model.num_frames={cfg.model.num_frames}",
-        )
     if data.begin_clip_id < 0:
         raise InputError("data.begin_clip_id", data.begin_clip_id, "must be >= 0")
     if data.end_clip_id is not None:
@@ -349,10 +429,8 @@ def _validate_source(cfg: DictConfig) -> None:
                 "a toy case brings its own video and edited first frame: unset "
                 "data.video_path and data.keyframe_paths",
             )
-        if data.toy_frames < data.chunk_size:
-            raise InputError(
-                "data.toy_frames", data.toy_frames, f"must be >= data.chunk_size={data.chunk_size}"
-            )
+        if data.toy_frames < 2:
+            raise InputError("data.toy_frames", data.toy_frames, "must be >= 2")
     if not generated_source(cfg):
         if data.video_path is None:
             raise InputError(

@@ -7,7 +7,7 @@ import contextvars
 import logging
 from collections.abc import Callable, Iterator
 
-from rich.console import Console
+from rich.console import Console, ConsoleDimensions
 from rich.logging import RichHandler
 from rich.progress import (
     BarColumn,
@@ -18,8 +18,38 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
+#: The width of the console off a terminal: wider than anything we print, so tables keep their
+#: natural width (a table is as wide as its cells, not as the console; nothing we print fills it).
+OFF_TERMINAL_WIDTH = 10_000
+
+
+class LogConsole(Console):
+    """A console whose tables come out whole in log files, CI logs and cluster jobs.
+
+    On a terminal it fits the terminal, as any Rich console. Off a terminal (a pipe or a file,
+    decided at each print, so redirecting stderr later counts) Rich would fall back to 80
+    columns, or to the width of whatever other stream is a terminal, and cut table cells with
+    an ellipsis; this one is :data:`OFF_TERMINAL_WIDTH` wide instead, unless a width was asked
+    for (the ``COLUMNS`` variable or ``width=``)."""
+
+    @property
+    def size(self) -> ConsoleDimensions:
+        size = Console.size.fget(self)
+        if (
+            self.is_terminal
+            or self._width is not None
+            or self._environ.get("COLUMNS", "").isdigit()
+        ):
+            return size
+        return ConsoleDimensions(OFF_TERMINAL_WIDTH, size.height)
+
+    @size.setter
+    def size(self, new_size: tuple[int, int]) -> None:
+        Console.size.fset(self, new_size)
+
+
 #: Everything human-facing goes to stderr; stdout stays free for machine-readable output.
-CONSOLE = Console(stderr=True)
+CONSOLE = LogConsole(stderr=True)
 
 
 def setup_logging(level: int = logging.INFO, names: tuple[str, ...] = ("i2vedit",)) -> None:

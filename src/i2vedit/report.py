@@ -284,7 +284,7 @@ def write_report(sweep_dir: str | os.PathLike[str], show: bool = True) -> Report
             table.add_column(column)
         for cells in body:
             table.add_row(*cells)
-        CONSOLE.print(table, width=max(CONSOLE.width, 160))
+        CONSOLE.print(table)
     log.info("sweep report: %s, %s%s", md, csv_path, f", {sheet}" if sheet else "")
     return Report(rows, md, csv_path, sheet)
 

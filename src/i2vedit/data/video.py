@@ -475,13 +475,16 @@ def clip_ranges(
     value: object = None,
     context: str = "between start_t and end_t",
 ) -> list[range]:
-    """Split ``num_frames`` sampled frames into clips of ``chunk_size`` frames.
+    """Split ``num_frames`` sampled frames into clips of ``chunk_size`` frames, every frame in
+    at least one clip.
 
     Consecutive clips share ``overlay_size`` frames: clip k covers
     ``range(k * (chunk_size - overlay_size), k * (chunk_size - overlay_size) + chunk_size)``.
-    Only clips that fit entirely are returned; trailing frames that do not fill a clip are
-    dropped. ``key``/``value``/``context`` describe the setting blamed when not even one clip
-    fits (by default ``data.end_t``); ``context`` is inserted after "only N frames sampled".
+    Frames left over after the last full clip make one shorter last clip that shares
+    ``overlay_size`` frames with the one before (SVD samples any frame count), and fewer than
+    ``chunk_size`` frames in all make one short clip. ``key``/``value``/``context`` describe
+    the setting blamed when fewer than 2 frames are sampled (by default ``data.end_t``);
+    ``context`` is inserted after "only N frames sampled".
     """
     if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 2:
         raise InputError("data.chunk_size", chunk_size, "must be an integer >= 2")
@@ -495,23 +498,18 @@ def clip_ranges(
         )
     if num_frames < 0:
         raise ValueError(f"num_frames must be >= 0, got {num_frames}")
-    if num_frames < chunk_size:
+    if num_frames < 2:
         sep = f" {context}" if context else ""
         raise InputError(
-            key,
-            value,
-            f"only {num_frames} frames sampled{sep}; a clip needs chunk_size={chunk_size}",
+            key, value, f"only {num_frames} frame(s) sampled{sep}; a clip needs at least 2"
         )
+    if num_frames <= chunk_size:
+        return [range(num_frames)]
     stride = chunk_size - overlay_size
     count = (num_frames - chunk_size) // stride + 1
     ranges = [range(k * stride, k * stride + chunk_size) for k in range(count)]
-    unused = num_frames - ranges[-1].stop
-    if unused:
-        logger.debug(
-            "%d trailing sampled frame(s) do not fill a clip of %d and are not edited",
-            unused,
-            chunk_size,
-        )
+    if ranges[-1].stop < num_frames:  # the rest, as a shorter last clip
+        ranges.append(range(ranges[-1].stop - overlay_size, num_frames))
     return ranges
 
 

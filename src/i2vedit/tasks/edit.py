@@ -281,6 +281,12 @@ def _status(plan: ClipPlan) -> str:
     return f"{inversion}; {len(plan.edits) - done} edit(s) to sample"
 
 
+def _frame_count(cfg: DictConfig, frames: int) -> str:
+    """A clip's frame count in the plan, saying when it is shorter than data.chunk_size (the
+    last clip of a video that does not divide evenly)."""
+    return f"{frames} (short)" if frames < cfg.data.chunk_size else str(frames)
+
+
 def plan_table(
     cfg: DictConfig, inputs: EditInputs, plans: list[ClipPlan]
 ) -> tuple[str, list[str], list[list[str]], str]:
@@ -288,7 +294,15 @@ def plan_table(
     is computed or reused (shown by the command line and by the app)."""
     source = inputs.source
     title = f"edit plan: {source.video_path.name}, {len(inputs.keyframes)} edit(s)"
-    columns = ["clip", "source time (s)", "sampled", "output frames", "inversion / edits", "LoRA"]
+    columns = [
+        "clip",
+        "source time (s)",
+        "sampled",
+        "frames",
+        "output frames",
+        "inversion / edits",
+        "LoRA",
+    ]
     rows = []
     for plan in plans:
         clip = plan.clip
@@ -307,6 +321,7 @@ def plan_table(
                 str(clip.clip_id),
                 f"{clip.times[0]:.2f} - {clip.times[-1]:.2f}",
                 f"{clip.indices[0]}-{clip.indices[-1]}",
+                _frame_count(cfg, len(clip.frames)),
                 "none (attended to)" if plan.anchor else f"{shown} ({plan.new_frames})",
                 _status(plan),
                 lora,
@@ -329,7 +344,7 @@ def show_plan(cfg: DictConfig, inputs: EditInputs, plans: list[ClipPlan]) -> Non
         table.add_column(column, no_wrap=True)
     for row in rows:
         table.add_row(*row)
-    CONSOLE.print(table, width=max(CONSOLE.width, 120))
+    CONSOLE.print(table)
 
 
 def _model(cfg: DictConfig, device: torch.device, dtype: torch.dtype) -> LoadedModel:
@@ -419,16 +434,41 @@ def invert_source(
 ) -> SourceInversion:
     """Stage 4: SARP, VAE encoding and EDM inversion of the clip (F, 3, h, w), keeping what the
     ``backend`` needs for matching (records in memory or on disk, or the trajectory to
-    recompute them from); taken from (and saved to) the cache ``entry``."""
+    recompute them from); taken from (and saved to) the cache ``entry``, computed once: a job
+    that finds another job computing it waits, then loads it."""
     am, kv = cfg.attention_matching, kv or KeyValues()
     if cfg.inversion.method == "none":
         return SourceInversion(None, MemoryStore())
     backend = backend if am.enabled else "none"
+    cache_log = cache_log or CacheLog()
+    args = (cfg, model, clip, sigmas, entry, kv, backend, cache_log)
+    found = _cached_inversion(*args, say=True)
+    if found is not None:
+        return found
+    if entry is None:
+        return _compute_inversion(*args, seconds)
+    with entry.locked():
+        found = _cached_inversion(*args)  # computed meanwhile by the job we waited for
+        return found if found is not None else _compute_inversion(*args, seconds)
+
+
+def _cached_inversion(
+    cfg: DictConfig,
+    model: LoadedModel,
+    clip: torch.Tensor,
+    sigmas: torch.Tensor,
+    entry: TensorEntry | None,
+    kv: KeyValues,
+    backend: str,
+    cache_log: CacheLog,
+    say: bool = False,
+) -> SourceInversion | None:
+    """The inversion from the cache ``entry``, if it is there and serves ``backend``."""
     cached = entry.load() if entry is not None else None
     if cached is not None and not _serves(cached, entry, backend, kv):
-        log.info("%s holds no attention data for store=%s: inverting again", entry, backend)
+        if say:
+            log.info("%s holds no attention data for store=%s: inverting again", entry, backend)
         cached = None
-    cache_log = cache_log or CacheLog()
     if cached is not None:
         cache_log.hit(entry)
         latents = cached["latents"]["latents"].to(model.device)
@@ -445,6 +485,22 @@ def invert_source(
         else:
             store = store_from_tensors(cached.get("records", {}), model.device)
         return SourceInversion(latents, store)
+    return None
+
+
+def _compute_inversion(
+    cfg: DictConfig,
+    model: LoadedModel,
+    clip: torch.Tensor,
+    sigmas: torch.Tensor,
+    entry: TensorEntry | None,
+    kv: KeyValues,
+    backend: str,
+    cache_log: CacheLog,
+    seconds: dict[str, float],
+) -> SourceInversion:
+    """SARP, encoding and inversion of the clip, saved to the cache ``entry``."""
+    am = cfg.attention_matching
     done = _stopwatch(seconds, "sarp")
     clip = _sarp(cfg, clip)
     done()
@@ -712,12 +768,14 @@ def edit_clip(
         return sample(model.unet, start, cond, sigmas, guidance, controller, on_step=advance)
 
 
-def _train_missing(cfg, model, inputs: EditInputs, plan: ClipPlan, out_dir: Path) -> None:
+def _train_missing(cfg, model, inputs: EditInputs, plan: ClipPlan, out_dir: Path) -> bool:
+    """Train the clip's LoRA; False if another job trained it meanwhile (waited for)."""
     from i2vedit.tasks.train import train_clip  # Lightning loads only when training
 
     write_manifest(plan.lora.clip_dir.parent, "motion-lora", plan.lora.inputs)
     first = inputs.keyframes[0].path
     run_dir = out_dir / "train"
+    trained: list[int] = []
     train_clip(
         cfg,
         model,
@@ -728,7 +786,9 @@ def _train_missing(cfg, model, inputs: EditInputs, plan: ClipPlan, out_dir: Path
         first,
         inputs.fps,
         first_clip=inputs.source.first_clip,
+        trained=trained,
     )
+    return bool(trained)
 
 
 @dataclass
@@ -803,28 +863,34 @@ def run_edit(
     edit_kv = {k.stem: MemoryStore() for k in inputs.keyframes} if skip else {}
     backend = None  #: the attention store, chosen once the model is there
     cache_log = CacheLog()
+
+    def take(clip_plan: ClipPlan, first: bool, keyframe: Keyframe, cached: dict | None) -> bool:
+        """Use the cached edit of a clip, if it is there (and holds what is needed)."""
+        if cached is None or (skip and first and "kv" not in cached):
+            return False
+        cache_log.hit(clip_plan.edits[keyframe.stem])
+        if skip and first:
+            store_from_tensors(cached["kv"], device, edit_kv[keyframe.stem])
+        if clip_plan.anchor:
+            return True  # clip 0 before a later start: only its keys and values are wanted
+        written = cached["frames"]["frames"]
+        link = cached["link"]
+        chains[keyframe.stem] = ChainLink(
+            link["image"].to(device),
+            link["latent"].to(device),
+            written[len(written) - overlay :],
+        )
+        outputs[keyframe.stem].append(written)
+        return True
+
     for index, clip_plan in enumerate(clip_plans):
         clip = clip_plan.clip
         first = index == 0
-        pending = []
-        for keyframe in inputs.keyframes:
-            cached = clip_plan.edits[keyframe.stem].load()
-            if cached is None or (skip and first and "kv" not in cached):
-                pending.append(keyframe)
-                continue
-            cache_log.hit(clip_plan.edits[keyframe.stem])
-            if skip and first:
-                store_from_tensors(cached["kv"], device, edit_kv[keyframe.stem])
-            if clip_plan.anchor:
-                continue  # clip 0 before a later start: only its keys and values are wanted
-            written = cached["frames"]["frames"]
-            link = cached["link"]
-            chains[keyframe.stem] = ChainLink(
-                link["image"].to(device),
-                link["latent"].to(device),
-                written[len(written) - overlay :],
-            )
-            outputs[keyframe.stem].append(written)
+        pending = [
+            k
+            for k in inputs.keyframes
+            if not take(clip_plan, first, k, clip_plan.edits[k.stem].load())
+        ]
         later_pending = not all(
             (e.folder / MANIFEST).is_file() for p in clip_plans[1:] for e in p.edits.values()
         )
@@ -841,9 +907,9 @@ def run_edit(
                 log.info("attention store: %s (%s)", backend, why)
         if clip_plan.lora is not None and clip_plan.lora.train:
             done = _stopwatch(seconds, "train")
-            _train_missing(cfg, model, inputs, clip_plan, out_dir)
+            trained = _train_missing(cfg, model, inputs, clip_plan, out_dir)
             done()
-            cache_log.compute(clip_plan.lora.checkpoint)
+            (cache_log.compute if trained else cache_log.hit)(clip_plan.lora.checkpoint)
         elif clip_plan.lora is not None:
             cache_log.hit(clip_plan.lora.checkpoint)
         with torch.inference_mode():
@@ -868,58 +934,62 @@ def run_edit(
                 )
             try:
                 for keyframe in pending:
-                    done = _stopwatch(seconds, "sampling")
-                    link = None if clip_plan.anchor else chains.get(keyframe.stem)
-                    if link is None:  # the first clip: the edited first frame
-                        keyframe_plan = keyframe_plans[inputs.keyframes.index(keyframe)]
-                        image = keyframe_plan.forward(to_model_frames(keyframe.image[None]))
-                        image = image.to(model.device)
-                        cond = encode_condition(
-                            pipe, image, params, len(frames), _generator(cfg.seed), True
+                    entry = clip_plan.edits[keyframe.stem]
+                    with entry.locked():  # edited once: other jobs wanting it wait, then load it
+                        if take(clip_plan, first, keyframe, entry.load()):
+                            continue  # edited meanwhile by the job we waited for
+                        done = _stopwatch(seconds, "sampling")
+                        link = None if clip_plan.anchor else chains.get(keyframe.stem)
+                        if link is None:  # the first clip: the edited first frame
+                            keyframe_plan = keyframe_plans[inputs.keyframes.index(keyframe)]
+                            image = keyframe_plan.forward(to_model_frames(keyframe.image[None]))
+                            image = image.to(model.device)
+                            cond = encode_condition(
+                                pipe, image, params, len(frames), _generator(cfg.seed), True
+                            )
+                        else:  # later clips: the previous clip's last edited frame, and its latent
+                            cond = encode_condition(
+                                pipe,
+                                link.image,
+                                params,
+                                len(frames),
+                                _generator(cfg.seed),
+                                True,
+                                link.latent,
+                            )
+                        label = f"edit {keyframe.stem}, clip {clip.clip_id}"
+                        own = edit_kv.get(keyframe.stem)
+                        edit_pass = KeyValues(capture=own) if first else KeyValues(extra=own)
+                        latents = edit_clip(  # 5
+                            cfg,
+                            model,
+                            keyframe,
+                            cond,
+                            source,
+                            sigmas,
+                            latent_shape,
+                            label,
+                            edit_pass if skip else None,
                         )
-                    else:  # later clips: the previous clip's last edited frame, and its latent
-                        cond = encode_condition(
-                            pipe,
-                            link.image,
-                            params,
-                            len(frames),
-                            _generator(cfg.seed),
-                            True,
-                            link.latent,
+                        done()
+                        done = _stopwatch(seconds, "decode")  # 6
+                        decoded = decode_video(pipe, latents, cfg.model.decode_chunk_size)
+                        written = to_uint8_frames(plan.inverse(decoded.cpu()))
+                        if (
+                            link is not None and overlay
+                        ):  # the shared frames: exactly the previous clip's
+                            written[:overlay] = link.frames
+                        new_link = ChainLink(
+                            decoded[-1:], latents[0, -1:], written[len(written) - overlay :]
                         )
-                    label = f"edit {keyframe.stem}, clip {clip.clip_id}"
-                    own = edit_kv.get(keyframe.stem)
-                    edit_pass = KeyValues(capture=own) if first else KeyValues(extra=own)
-                    latents = edit_clip(  # 5
-                        cfg,
-                        model,
-                        keyframe,
-                        cond,
-                        source,
-                        sigmas,
-                        latent_shape,
-                        label,
-                        edit_pass if skip else None,
-                    )
-                    done()
-                    done = _stopwatch(seconds, "decode")  # 6
-                    decoded = decode_video(pipe, latents, cfg.model.decode_chunk_size)
-                    written = to_uint8_frames(plan.inverse(decoded.cpu()))
-                    if (
-                        link is not None and overlay
-                    ):  # the shared frames: exactly the previous clip's
-                        written[:overlay] = link.frames
-                    new_link = ChainLink(
-                        decoded[-1:], latents[0, -1:], written[len(written) - overlay :]
-                    )
-                    files = {
-                        "frames": {"frames": written},
-                        "link": {"image": new_link.image, "latent": new_link.latent},
-                    }
-                    if skip and first:
-                        files["kv"] = store_to_tensors(edit_kv[keyframe.stem])
-                    clip_plan.edits[keyframe.stem].save(files)
-                    cache_log.compute(clip_plan.edits[keyframe.stem])
+                        files = {
+                            "frames": {"frames": written},
+                            "link": {"image": new_link.image, "latent": new_link.latent},
+                        }
+                        if skip and first:
+                            files["kv"] = store_to_tensors(edit_kv[keyframe.stem])
+                        entry.save(files)
+                        cache_log.compute(entry)
                     if not clip_plan.anchor:
                         chains[keyframe.stem] = new_link
                         outputs[keyframe.stem].append(written)

@@ -36,9 +36,18 @@ class Source:
     num_sampled: int  #: frames sampled in all
     num_clips: int  #: clips the sampled frames make in all
     first_clip: Clip  #: clip 0, selected or not (skip-interval attention attends to it)
+    model_frames: int  #: the frame count the model was made for (model.num_frames)
 
     def log_summary(self) -> None:
-        """Say which frames each selected clip holds (once every check has passed)."""
+        """Say which frames each selected clip holds, and (in one line) when the clips' frame
+        count is not the model's (once every check has passed)."""
+        lengths = sorted({len(c.frames) for c in self.clips}, reverse=True)
+        if lengths != [self.model_frames]:
+            log.info(
+                "clips of %s frames on a model made for model.num_frames=%d (it samples any count)",
+                " and ".join(map(str, lengths)),
+                self.model_frames,
+            )
         for clip in self.clips:
             log.info(
                 "clip %d: %d frames from %s, t = %.2f..%.2f s (%d sampled, %d clips in all)",
@@ -69,7 +78,8 @@ def source_paths(cfg: DictConfig) -> tuple[Path, list[Path]]:
 
 def read_source(cfg: DictConfig) -> Source:
     """Decode and sample the source; select the clips from data.begin_clip_id to
-    data.end_clip_id (inclusive; None: the last clip)."""
+    data.end_clip_id (inclusive; None: the last clip). Frames after the last full clip make a
+    shorter last clip, so every sampled frame is edited."""
     data = cfg.data
     video_path, keyframe_paths = source_paths(cfg)
     sampled = sample_video(
@@ -91,7 +101,16 @@ def read_source(cfg: DictConfig) -> Source:
     fps = data.output_fps or data.sample_fps
     r = ranges[0]
     first = Clip(0, sampled.frames[r.start : r.stop], sampled.times[r.start : r.stop], list(r))
-    return Source(video_path, keyframe_paths, clips, fps, len(sampled.frames), len(ranges), first)
+    return Source(
+        video_path,
+        keyframe_paths,
+        clips,
+        fps,
+        len(sampled.frames),
+        len(ranges),
+        first,
+        cfg.model.num_frames,
+    )
 
 
 def item_name(cfg: DictConfig, video_path: Path) -> str:

@@ -15,9 +15,10 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import RichProgressBar
 from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
-from i2vedit.cache import write_manifest
+from i2vedit.cache import EntryLock, write_manifest
 from i2vedit.config import validate_train_config
 from i2vedit.data.resize import ResolutionPlan, to_model_frames, to_uint8_frames
 from i2vedit.data.video import load_image, write_video
@@ -144,17 +145,46 @@ def train_clip(
     draw: NoiseDraw | None = None,
     callbacks: list[L.Callback] | None = None,
     first_clip: Clip | None = None,
+    trained: list[int] | None = None,
 ) -> list[int]:
     """Train (or resume) the motion LoRA of one clip up to ``lora.max_steps``; returns the
-    checkpoint steps present afterwards. The UNet is left exactly as it was.
+    checkpoint steps present afterwards (and appends the clip's id to ``trained`` if this call
+    trained it). The UNet is left exactly as it was.
 
     With ``long_video=skip_interval`` the temporal layers of a clip k > 0 also attend to the
-    keys and values of ``first_clip`` (clip 0) at the same noise level."""
+    keys and values of ``first_clip`` (clip 0) at the same noise level.
+
+    Trained once: a job that finds another job training the same clip waits for it (the lock
+    ``.clip_<k>.lock`` beside ``clip_dir``), then takes its checkpoints."""
+    args = (cfg, model, clip, clip_dir, precision, run_dir, keyframe_path, fps, draw, callbacks)
+    if cfg.lora.max_steps not in checkpoint_steps(clip_dir):
+        if rank_zero_only.rank != 0:  # a DDP rank: its rank 0 holds the lock for the job
+            return _fit_clip(*args, first_clip)
+        with EntryLock(clip_dir, f"motion LoRA of clip {clip.clip_id}"):
+            if cfg.lora.max_steps not in checkpoint_steps(clip_dir):  # or trained meanwhile
+                if trained is not None:
+                    trained.append(clip.clip_id)
+                return _fit_clip(*args, first_clip)
+    log.info("cache hit: motion LoRA of clip %d (%s)", clip.clip_id, clip_dir)
+    return checkpoint_steps(clip_dir)
+
+
+def _fit_clip(
+    cfg: DictConfig,
+    model: LoadedModel,
+    clip: Clip,
+    clip_dir: Path,
+    precision: str,
+    run_dir: Path,
+    keyframe_path: Path | None,
+    fps: float,
+    draw: NoiseDraw | None,
+    callbacks: list[L.Callback] | None,
+    first_clip: Clip | None,
+) -> list[int]:
+    """Train (or resume) the clip's LoRA: ``train_clip``'s work once the lock is held."""
     lora = cfg.lora
     existing = checkpoint_steps(clip_dir)
-    if lora.max_steps in existing:
-        log.info("cache hit: motion LoRA of clip %d (%s)", clip.clip_id, clip_dir)
-        return existing
     pipe, unet = model.pipe, model.unet
     target = (int(lora.resolution[0]), int(lora.resolution[1]))
     plan = ResolutionPlan.build(tuple(clip.frames.shape[1:3]), target, cfg.data.pad_to_fit)
@@ -264,7 +294,6 @@ def run_train(cfg: DictConfig, model: LoadedModel | None = None, **train_kwargs)
     result = TrainResult()
     for clip in source.clips:
         clip_dir = root / f"clip_{clip.clip_id}"
-        had = checkpoint_steps(clip_dir)
         steps = train_clip(
             cfg,
             model,
@@ -275,10 +304,9 @@ def run_train(cfg: DictConfig, model: LoadedModel | None = None, **train_kwargs)
             keyframe,
             source.fps,
             first_clip=source.first_clip,
+            trained=result.trained,
             **train_kwargs,
         )
         result.clip_dirs[clip.clip_id] = clip_dir
         result.checkpoints[clip.clip_id] = steps
-        if cfg.lora.max_steps not in had:
-            result.trained.append(clip.clip_id)
     return result
