@@ -1,367 +1,94 @@
-"""Benchmark of the edit pipeline's stages, chained as ``i2vedit.tasks.edit.run_edit`` chains them.
+"""Benchmark of the edit pipeline's stages: one clip through ``i2vedit.runner``'s stages, as
+``i2vedit.tasks.edit.run_edit`` runs them.
 
-One source clip and one keyframe, synthesised in memory (no video files, no ``av``): SARP, VAE
-encode, conditioning, EDM inversion with attention recording, guided sampling with attention
-matching, VAE decode. Each stage is timed (synchronised on accelerators) with its peak memory,
-and the attention records that inversion leaves for editing are measured per step.
+One source clip and one keyframe, synthesised in memory (no video files, no ``av``), edited
+with the values of ``conf/edit.yaml``: ``invert_clip`` (SARP, VAE encode, source conditioning,
+EDM inversion with attention recording), ``edit_condition``, ``edit_clip`` (guided sampling
+with attention matching), ``decode_clip``. Each stage is timed (synchronised on accelerators)
+with its peak memory, and the attention records that inversion leaves for editing are measured
+per step.
 
     python experiments/bench_edit.py --model tiny --section "Tiny model, CPU"
     python experiments/bench_edit.py --model full --section "Full-size SVD, <GPU name>"
     python experiments/bench_edit.py --model full --records-only
 
-``--model full`` is the full-size SVD img2vid architecture (UNet, temporal VAE, ViT-H/14 CLIP)
-with random weights: the timings and memory of the real model, without its checkpoint.
-``--records-only`` needs no accelerator: it builds the UNet on the meta device and runs one
-recording UNet pass on meta tensors, which allocates nothing but gives every record's shape.
+``--model full`` is the full-size SVD img2vid architecture (UNet, temporal VAE, ViT-H/14 CLIP;
+``i2vedit.models.specs``) with random weights: the timings and memory of the real model,
+without its checkpoint. ``--records-only`` needs no accelerator: it builds the UNet on the
+meta device and runs one recording UNet pass on meta tensors, which allocates nothing but
+gives every record's shape.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
-import datetime
-import gc
-import importlib.util
 import logging
-import os
-import platform
-import shlex
-import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
-import diffusers
 import torch
-import transformers
-from diffusers import (
-    AutoencoderKLTemporalDecoder,
-    StableVideoDiffusionPipeline,
-    UNetSpatioTemporalConditionModel,
-)
-from rich.console import Console
-from rich.table import Table
-from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModelWithProjection
+from omegaconf import DictConfig
 
-ROOT = Path(__file__).resolve().parents[1]
-if importlib.util.find_spec("i2vedit") is None:  # a checkout without the package installed
-    sys.path.insert(0, str(ROOT / "src"))
+EXPERIMENTS = Path(__file__).resolve().parent
+if str(EXPERIMENTS) not in sys.path:  # run as a script, experiments/ is already first
+    sys.path.insert(0, str(EXPERIMENTS))
 
-from i2vedit.attention.control import (  # noqa: E402
-    AttentionMatcher,
-    AttentionRecorder,
-    MatchingParams,
-    controlled_attention,
+from benchlib import (  # noqa: E402  (benchlib also puts src/ on the path if needed)
+    BENCHMARKS_MD,
+    GB,
+    MODEL_OPTIONS,
+    Meter,
+    OutOfMemory,
+    bench_config,
+    build_model,
+    device_name,
+    dtype_name,
+    empty_cache,
+    environment_lines,
+    fmt_gb,
+    fmt_size,
+    latents_hw,
+    markdown_table,
+    model_summary,
+    show,
+    synchronize,
+    write_section,
 )
+from i2vedit.attention.control import AttentionRecorder, controlled_attention  # noqa: E402
 from i2vedit.attention.layers import (  # noqa: E402
     SPATIAL,
     analytic_record_elements,
     registered_layers,
 )
-from i2vedit.attention.store import DiscardStore, DiskStore, MemoryStore  # noqa: E402
-from i2vedit.inversion.edm import edm_invert, inversion_sigmas  # noqa: E402
+from i2vedit.attention.store import DiskStore, MemoryStore  # noqa: E402
+from i2vedit.core.edm import Condition, denoise, karras_sigmas, seeded_generator  # noqa: E402
+from i2vedit.data.resize import ResolutionPlan  # noqa: E402
+from i2vedit.inversion.edm import inversion_sigmas  # noqa: E402
 from i2vedit.inversion.recompute import RecomputeStore  # noqa: E402
-from i2vedit.inversion.sarp import sarp  # noqa: E402
 from i2vedit.models.device import resolve_device, resolve_dtype  # noqa: E402
-from i2vedit.models.svd import load_model, svd_scheduler  # noqa: E402
+from i2vedit.models.svd import LoadedModel  # noqa: E402
 from i2vedit.progress import setup_logging  # noqa: E402
-from i2vedit.sampling.edm import (  # noqa: E402
-    Condition,
-    ConditioningParams,
-    decode_video,
-    denoise,
-    encode_condition,
-    encode_video,
-    guidance_scales,
-    karras_sigmas,
+from i2vedit.runner import (  # noqa: E402
+    SourceInversion,
+    decode_clip,
+    edit_clip,
+    edit_condition,
+    invert_clip,
+    matching_params,
 )
-from i2vedit.sampling.sampler import sample  # noqa: E402
 
 log = logging.getLogger("bench_edit")
-console = Console(width=None if sys.stdout.isatty() else 160)  # a log file gets wide tables
-
-#: torch.OutOfMemoryError is torch >= 2.5; without it no run is reported as out of memory.
-OutOfMemory = getattr(torch, "OutOfMemoryError", MemoryError)
-
-GB = 1e9
-MB = 1e6
-
-#: (height, width, frames, steps) when not given on the command line.
-DEFAULTS = {"tiny": (32, 48, 8, 25), "full": (576, 1024, 14, 25)}
-
-#: stable-video-diffusion-img2vid unet/config.json (the diffusers class defaults, plus the
-#: sample size and the 14 frames of img2vid; num_frames does not change the weights).
-SVD_UNET = dict(
-    sample_size=96,
-    in_channels=8,
-    out_channels=4,
-    down_block_types=(
-        "CrossAttnDownBlockSpatioTemporal",
-        "CrossAttnDownBlockSpatioTemporal",
-        "CrossAttnDownBlockSpatioTemporal",
-        "DownBlockSpatioTemporal",
-    ),
-    up_block_types=(
-        "UpBlockSpatioTemporal",
-        "CrossAttnUpBlockSpatioTemporal",
-        "CrossAttnUpBlockSpatioTemporal",
-        "CrossAttnUpBlockSpatioTemporal",
-    ),
-    block_out_channels=(320, 640, 1280, 1280),
-    addition_time_embed_dim=256,
-    projection_class_embeddings_input_dim=768,
-    layers_per_block=2,
-    cross_attention_dim=1024,
-    transformer_layers_per_block=1,
-    num_attention_heads=(5, 10, 20, 20),
-    num_frames=14,
-)
-
-#: stable-video-diffusion-img2vid vae/config.json. Unlike the UNet, these are NOT the class
-#: defaults (which are a one-block toy VAE): the SD 2.x encoder, 4 levels of 2 layers.
-SVD_VAE = dict(
-    in_channels=3,
-    out_channels=3,
-    down_block_types=("DownEncoderBlock2D",) * 4,
-    block_out_channels=(128, 256, 512, 512),
-    layers_per_block=2,
-    latent_channels=4,
-    sample_size=768,
-    scaling_factor=0.18215,
-    force_upcast=True,
-)
-
-#: stable-video-diffusion-img2vid image_encoder/config.json: OpenCLIP ViT-H/14 vision tower.
-SVD_CLIP = dict(
-    hidden_size=1280,
-    intermediate_size=5120,
-    num_hidden_layers=32,
-    num_attention_heads=16,
-    patch_size=14,
-    image_size=224,
-    projection_dim=1024,
-    hidden_act="gelu",
-    layer_norm_eps=1e-5,
-)
 
 #: The issue's worked formula for the reference's records of SVD per step, at latent h x w:
 #: bytes-per-element * F * h * w * (SPATIAL_COEF + TEMPORAL_COEF * F).
 ISSUE_SPATIAL_COEF = 5640.0
 ISSUE_TEMPORAL_COEF = 44.06
 
-SARP_NOISE_SCALE = 0.005  # conf/sarp/default.yaml
-SARP_THRESHOLD = 0.001
-BETA = (0.5, 0.8)
-MASK_THR = (0.35, 0.35)
-
-
-# --------------------------------------------------------------------------- models
-
-
-@contextlib.contextmanager
-def building(device: torch.device, dtype: torch.dtype) -> Iterator[None]:
-    """Create parameters directly on ``device`` in ``dtype`` (no fp32 copy in host memory)."""
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)
-    try:
-        with device:
-            yield
-    finally:
-        torch.set_default_dtype(previous)
-
-
-def build_full_pipeline(
-    device: torch.device, dtype: torch.dtype, seed: int
-) -> StableVideoDiffusionPipeline:
-    """The full-size SVD img2vid components with random weights, built on ``device``."""
-    torch.manual_seed(seed)
-    with building(device, dtype):
-        unet = UNetSpatioTemporalConditionModel(**SVD_UNET)
-    # as load_model does: the SVD VAE overflows in fp16, so it stays in fp32 there
-    vae_dtype = torch.float32 if dtype == torch.float16 else dtype
-    with building(device, vae_dtype):
-        vae = AutoencoderKLTemporalDecoder(**SVD_VAE)
-    with building(device, dtype):
-        image_encoder = CLIPVisionModelWithProjection(CLIPVisionConfig(**SVD_CLIP))
-    pipe = StableVideoDiffusionPipeline(
-        vae=vae,
-        image_encoder=image_encoder,
-        unet=unet,
-        scheduler=svd_scheduler(),
-        feature_extractor=CLIPImageProcessor(crop_size=224, size={"shortest_edge": 224}),
-    )
-    pipe.set_progress_bar_config(disable=True)
-    for module in (pipe.unet, pipe.vae, pipe.image_encoder):
-        module.requires_grad_(False)
-        module.eval()
-        gather(module, device)
-    return pipe
-
-
-def gather(module: torch.nn.Module, device: torch.device) -> None:
-    """Move what the device context missed onto ``device``: tensors made by the legacy
-    ``torch.Tensor([...])`` constructor (the AlphaBlender mix factors) stay on the CPU."""
-    tensors = [*module.parameters(), *module.buffers()]
-    strays = sum(t.device != device for t in tensors)
-    if strays:
-        log.info("%s: %d tensors built off %s, moved", type(module).__name__, strays, device)
-        module.to(device=device)
-
-
-def build_pipeline(
-    kind: str, device: torch.device, dtype: torch.dtype, seed: int
-) -> StableVideoDiffusionPipeline:
-    if kind == "tiny":
-        return load_model("tiny", None, seed, None, device, dtype).pipe
-    return build_full_pipeline(device, dtype, seed)
-
-
-def millions(module: torch.nn.Module) -> float:
-    return sum(p.numel() for p in module.parameters()) / 1e6
-
-
-# --------------------------------------------------------------------------- measurement
-
-
-def synchronize(device: torch.device) -> None:
-    if device.type in ("cpu", "meta"):
-        return
-    if hasattr(torch, "accelerator"):
-        torch.accelerator.synchronize(device)
-    else:
-        getattr(torch, device.type).synchronize()
-
-
-def _accelerator_call(device: torch.device, name: str) -> int | None:
-    """``torch.accelerator.<name>()`` or the backend module's (``torch.<device type>``)."""
-    for owner in (getattr(torch, "accelerator", None), getattr(torch, device.type, None)):
-        fn = getattr(owner, name, None)
-        if fn is None:
-            continue
-        try:
-            result = fn(device)
-        except (RuntimeError, TypeError, AttributeError):
-            continue
-        return None if result is None else int(result)
-    return None
-
-
-def _proc_status_bytes(key: str) -> int | None:
-    """``VmHWM``/``VmRSS`` of /proc/self/status in bytes (Linux), else None."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith(key + ":"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        return None
-    return None
-
-
-def _reset_rss_peak() -> bool:
-    """Reset the process's peak RSS to its current RSS (Linux: ``5`` into clear_refs)."""
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-    except OSError:
-        return False
-    return _proc_status_bytes("VmHWM") is not None
-
-
-def _ru_maxrss_bytes() -> int:
-    import resource  # Unix only; imported where it is needed
-
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak if sys.platform == "darwin" else peak * 1024
-
-
-@dataclass
-class StageRow:
-    name: str
-    seconds: float
-    steps: int | None
-    peak: int | None
-    held: int | None
-    note: str = ""
-
-
-@dataclass
-class Meter:
-    """Times stages and records their peak memory; ``enabled=False`` only synchronises."""
-
-    device: torch.device
-    enabled: bool = True
-    rows: list[StageRow] = field(default_factory=list)
-    rss_resettable: bool = False
-
-    def __post_init__(self) -> None:
-        self.on_host = self.device.type == "cpu"
-        if self.on_host:
-            self.rss_resettable = _reset_rss_peak()
-
-    @property
-    def memory_label(self) -> tuple[str, str]:
-        if not self.on_host:
-            return "peak allocated (GB)", "allocated after (GB)"
-        if self.rss_resettable:
-            return "peak RSS of process (GB)", "RSS after (GB)"
-        return "peak RSS of process so far (GB)", "RSS after (GB)"
-
-    def _reset(self) -> None:
-        if self.on_host:
-            if self.rss_resettable:
-                _reset_rss_peak()
-        else:
-            for owner in (getattr(torch, "accelerator", None), getattr(torch, self.device.type)):
-                fn = getattr(owner, "reset_peak_memory_stats", None)
-                if fn is not None:
-                    with contextlib.suppress(RuntimeError, TypeError, AttributeError):
-                        fn(self.device)
-                        return
-
-    def _peak(self) -> int | None:
-        if not self.on_host:
-            return _accelerator_call(self.device, "max_memory_allocated")
-        if self.rss_resettable:
-            return _proc_status_bytes("VmHWM")
-        return _ru_maxrss_bytes()
-
-    def _held(self) -> int | None:
-        if not self.on_host:
-            return _accelerator_call(self.device, "memory_allocated")
-        return _proc_status_bytes("VmRSS")
-
-    @contextlib.contextmanager
-    def stage(self, name: str, steps: int | None = None, note: str = "") -> Iterator[None]:
-        synchronize(self.device)
-        if self.enabled:
-            self._reset()
-            log.info("stage: %s", name)
-        start = time.perf_counter()
-        try:
-            yield
-        except OutOfMemory:
-            if self.enabled:  # the table still shows how far it got and at what peak
-                seconds = time.perf_counter() - start
-                self.rows.append(
-                    StageRow(name, seconds, steps, self._peak(), None, "OUT OF MEMORY")
-                )
-            raise
-        synchronize(self.device)
-        seconds = time.perf_counter() - start
-        if self.enabled:
-            self.rows.append(StageRow(name, seconds, steps, self._peak(), self._held(), note))
-
-
-def empty_cache(device: torch.device) -> None:
-    gc.collect()
-    if device.type in ("cpu", "meta"):
-        return
-    owner = getattr(torch, "accelerator", None) or getattr(torch, device.type)
-    fn = getattr(owner, "empty_cache", None)
-    if fn is not None:
-        fn()
+#: warm-up: the whole chain once at this many steps, untimed
+WARMUP_STEPS = 2
 
 
 # --------------------------------------------------------------------------- inputs
@@ -384,10 +111,6 @@ def synthetic_clip(num_frames: int, height: int, width: int) -> tuple[torch.Tens
     keyframe = frames[:1].clone()
     keyframe[0, :, top : top + size, :size] = torch.tensor([-0.6, 0.8, -0.6]).view(3, 1, 1)
     return frames, keyframe
-
-
-def generator(seed: int) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
 
 
 # --------------------------------------------------------------------------- records
@@ -438,83 +161,17 @@ class ChainResult:
     memory_bytes: int = 0  #: attention bytes held in memory between inversion and editing
     trajectory_bytes: int = 0  #: the inversion trajectory kept for recompute
 
-
-def run_chain(
-    pipe: StableVideoDiffusionPipeline,
-    device: torch.device,
-    dtype: torch.dtype,
-    frames: torch.Tensor,
-    keyframe: torch.Tensor,
-    steps: int,
-    seed: int,
-    chunk: int,
-    meter: Meter,
-    backend: str,
-    scratch: Path,
-) -> ChainResult:
-    """SARP, encode, condition, invert (keeping what ``backend`` needs), sample (matching),
-    decode: run_edit's stages on in-memory frames, with one keyframe."""
-    unet = pipe.unet
-    num_frames = frames.shape[0]
-    cond_params = ConditioningParams()
-    sigmas = karras_sigmas(pipe, steps)
-    tag = f" [{backend}]"
-    with torch.inference_mode():
-        clip = frames.to(device)
-        image = keyframe.to(device)
-        with meter.stage("SARP" + tag, note=f"noise {SARP_NOISE_SCALE}"):
-            clip = sarp(clip, SARP_NOISE_SCALE, SARP_THRESHOLD, generator(seed))
-        with meter.stage("VAE encode" + tag, note=f"{num_frames} frames, chunks of {chunk}"):
-            latents = encode_video(pipe, clip, chunk)
-        with meter.stage("conditioning" + tag, note="CLIP + first-frame VAE, source and keyframe"):
-            source_cond = encode_condition(
-                pipe, clip[:1], cond_params, num_frames, generator(seed), guided=False
-            )
-            cond = encode_condition(
-                pipe, image, cond_params, num_frames, generator(seed), guided=True
-            )
-        result = ChainResult(None)
-        trajectory: list[torch.Tensor] | None = None
-        if backend == "memory":
-            store = MemoryStore(dtype=dtype)
-        elif backend == "disk":
-            store = DiskStore(scratch / "records", dtype, device)
-        else:
-            store, trajectory = DiscardStore(), []
-        recorder = AttentionRecorder(store)
-        with (
-            meter.stage("inversion" + tag, steps, note=INVERSION_NOTES[backend]),
-            controlled_attention(unet, recorder),
-        ):
-            inverted = edm_invert(
-                unet, latents, source_cond, sigmas, recorder, trajectory=trajectory
-            )
-            if backend == "disk":
-                store.finish()
-        if backend == "memory":
+    @classmethod
+    def of(cls, source: SourceInversion) -> ChainResult:
+        store, result = source.store, cls(source.store)
+        if isinstance(store, MemoryStore):
             result.memory_bytes = store.nbytes()
-        elif backend == "disk":
+        elif isinstance(store, DiskStore):
             result.disk_bytes = store.written_bytes
-        else:
-            kept = torch.stack(trajectory)
+        elif isinstance(store, RecomputeStore):
+            kept = store.trajectory
             result.trajectory_bytes = kept.numel() * kept.element_size()
-            store = RecomputeStore(unet, kept, source_cond, inversion_sigmas(sigmas), dtype)
-        result.store = store
-        params = MatchingParams(num_steps=steps, beta=BETA, mask_thr=MASK_THR)
-        matcher = AttentionMatcher(store, params)
-        guidance = guidance_scales(cond_params, num_frames)
-        with (
-            meter.stage("guided sampling" + tag, steps, note=SAMPLING_NOTES[backend]),
-            controlled_attention(unet, matcher),
-        ):
-            edited = sample(unet, inverted, cond, sigmas, guidance, matcher)
-        with meter.stage("VAE decode" + tag, note=f"chunks of {chunk}, to host"):
-            decoded = decode_video(pipe, edited, chunk).cpu()
-        if backend == "disk":
-            store.close()
-    if not torch.isfinite(decoded).all():
-        log.info("decoded frames hold non-finite values (random weights): timings still hold")
-    return result
+        return result
 
 
 INVERSION_NOTES = {
@@ -527,22 +184,80 @@ SAMPLING_NOTES = {
     "disk": "batch 2 (CFG), records read one step ahead",
     "recompute": "batch 1 source pass + batch 2 (CFG) per step",
 }
+#: the name of the runner's stepped inversion stage (``step_progress``): where its row starts
+INVERSION_STAGE = "inversion"
+
+
+def run_chain(
+    cfg: DictConfig,
+    model: LoadedModel,
+    frames: torch.Tensor,
+    keyframe: torch.Tensor,
+    meter: Meter,
+    backend: str,
+) -> ChainResult:
+    """The runner's stages for one clip and one keyframe, on in-memory frames: invert (keeping
+    what ``backend`` needs), condition, sample with matching, decode."""
+    num_frames, steps, chunk = len(frames), cfg.num_steps, cfg.model.decode_chunk_size
+    am, tag = cfg.attention_matching, f" [{backend}]"
+    sigmas = karras_sigmas(model.pipe, steps)
+    h, w = latents_hw(model.pipe, *frames.shape[-2:])
+    latent_shape = (1, num_frames, model.unet.config.out_channels, h, w)
+    size = tuple(frames.shape[-2:])
+    same_size = ResolutionPlan.build(size, size, pad_to_fit=False)  # frames at model size
+    seconds: dict[str, float] = {}
+    first = f"SARP, VAE encode, source conditioning{tag}"
+    inversion = (f"inversion{tag}", steps, INVERSION_NOTES[backend])
+    with torch.inference_mode():
+        clip = frames.to(model.device)
+        with meter.stage(
+            first,
+            note=f"noise {cfg.sarp.noise_scale}; {num_frames} frames, chunks of {chunk}; "
+            "CLIP + first-frame VAE of the source",
+            then={INVERSION_STAGE: inversion},
+        ):
+            source = invert_clip(cfg, model, clip, sigmas, seconds, backend=backend)
+        try:
+            _check_split(meter, first, inversion[0], seconds)
+            with meter.stage(f"conditioning{tag}", note="CLIP + first-frame VAE of the keyframe"):
+                cond = edit_condition(cfg, model, keyframe.to(model.device), num_frames)
+            matching = matching_params(cfg, tuple(am.beta), tuple(am.mask_thr))
+            with meter.stage(f"guided sampling{tag}", steps, note=SAMPLING_NOTES[backend]):
+                edited = edit_clip(
+                    cfg, model, matching, cond, source, sigmas, latent_shape, f"edit{tag}"
+                )
+            with meter.stage(f"VAE decode{tag}", note=f"chunks of {chunk}, to host"):
+                decoded, _ = decode_clip(cfg, model, edited, same_size)
+        finally:
+            source.close()
+    if not torch.isfinite(decoded).all():
+        log.info("decoded frames hold non-finite values (random weights): timings still hold")
+    return ChainResult.of(source)
+
+
+def _check_split(meter: Meter, first: str, inversion: str, seconds: dict[str, float]) -> None:
+    """The inversion's own row must have begun at its first step; the SARP seconds go into
+    the note of the row before it."""
+    if not meter.enabled:
+        return
+    if meter.row(inversion) is None:
+        raise RuntimeError(
+            f"the runner's inversion reported no stage {INVERSION_STAGE!r}: no row {inversion!r}"
+        )
+    meter.row(first).note += f"; SARP {seconds.get('sarp', 0.0):.3f} s of it"
 
 
 def run_plain_sampling(
-    pipe: StableVideoDiffusionPipeline,
-    keyframe: torch.Tensor,
-    num_frames: int,
-    steps: int,
-    seed: int,
-    meter: Meter,
+    cfg: DictConfig, pipe, keyframe: torch.Tensor, num_frames: int, meter: Meter
 ) -> None:
-    """diffusers' own StableVideoDiffusionPipeline sampling of the same size, latents out."""
+    """diffusers' own StableVideoDiffusionPipeline sampling of the same size and conditioning
+    (``conf/conditioning``), latents out."""
     from PIL import Image
 
     array = ((keyframe[0].permute(1, 2, 0) + 1) * 127.5).clamp(0, 255).byte().numpy()
     image = Image.fromarray(array)
     height, width = keyframe.shape[-2:]
+    steps = cfg.num_steps
     pipe.set_progress_bar_config(disable=True)
     with meter.stage("plain SVD sampling", steps, note="diffusers pipeline, output_type=latent"):
         pipe(
@@ -551,162 +266,51 @@ def run_plain_sampling(
             width=width,
             num_frames=num_frames,
             num_inference_steps=steps,
-            generator=generator(seed),
+            generator=seeded_generator(cfg.seed),
             output_type="latent",
+            **cfg.conditioning,
         )
 
 
-# --------------------------------------------------------------------------- reports
-
-
-def fmt_gb(value: int | float | None) -> str:
-    return "n/a" if value is None else f"{value / GB:.3f}"
-
-
-def fmt_size(value: float) -> str:
-    return f"{value / GB:.3f} GB" if value >= 0.1 * GB else f"{value / MB:.3f} MB"
-
-
-def cpu_name() -> str:
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
-
-
-def device_name(device: torch.device) -> str:
-    if device.type in ("cpu", "meta"):
-        host = f"{cpu_name()}, {os.cpu_count()} cores, torch threads: {torch.get_num_threads()}"
-        return host if device.type == "cpu" else f"meta device on {host}"
-    fn = getattr(getattr(torch, device.type, None), "get_device_name", None)
-    return fn(device) if fn is not None else str(device)
-
-
-def environment_lines(device: torch.device, extra: list[str]) -> list[str]:
-    command = "python " + shlex.join([_display_path(sys.argv[0]), *sys.argv[1:]])
-    return [
-        f"- Command: `{command}`",
-        f"- Date: {datetime.datetime.now().astimezone().isoformat(timespec='seconds')}",
-        f"- Device: {device_name(device)}",
-        f"- Versions: torch {torch.__version__}, diffusers {diffusers.__version__}, "
-        f"transformers {transformers.__version__}, Python {platform.python_version()}",
-        *extra,
-    ]
-
-
-def _display_path(path: str) -> str:
-    with contextlib.suppress(ValueError):
-        return str(Path(path).resolve().relative_to(Path.cwd()))
-    return path
-
-
-def markdown_table(header: list[str], rows: list[list[str]]) -> list[str]:
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    lines += ["| " + " | ".join(row) + " |" for row in rows]
-    return lines
-
-
-def rich_table(title: str, header: list[str], rows: list[list[str]]) -> Table:
-    table = Table(title=title)
-    for i, name in enumerate(header):
-        table.add_column(name, justify="left" if i == 0 else "right")
-    for row in rows:
-        table.add_row(*row)
-    return table
-
-
-def write_section(path: Path, section: str, body: list[str]) -> None:
-    """Replace the ``## section`` of ``path`` (up to the next heading of level 1 or 2) with
-    ``body``, or append it; the rest of the file is kept."""
-    heading = f"## {section}"
-    lines = path.read_text().splitlines() if path.exists() else ["# Benchmarks"]
-    block = [heading, "", *body]
-    while block[-1] == "":
-        block.pop()
-    if heading in lines:
-        start = lines.index(heading)
-        end = next(
-            (i for i in range(start + 1, len(lines)) if lines[i].startswith(("# ", "## "))),
-            len(lines),
-        )
-        tail = lines[end:]
-        lines = lines[:start] + block + ([""] if tail else []) + tail
-    else:
-        while lines and lines[-1] == "":
-            lines.pop()
-        lines += ["", *block]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("\n".join(lines) + "\n")
-    log.info("wrote section %r of %s", section, path)
-
-
-# --------------------------------------------------------------------------- modes
-
-
-def run_benchmark(args: argparse.Namespace) -> tuple[str, list[str]]:
-    device = resolve_device(args.device)
-    dtype = resolve_dtype(args.dtype, device)
-    height, width, num_frames, steps = args.height, args.width, args.frames, args.steps
-    if args.model == "full" and device.type == "cpu":
-        log.warning("the full-size model on a CPU takes hours per step; use --records-only")
-    log.info("building the %s model on %s (%s)", args.model, device, dtype)
-    start = time.perf_counter()
-    pipe = build_pipeline(args.model, device, dtype, args.seed)
-    synchronize(device)
-    build_seconds = time.perf_counter() - start
-    frames, keyframe = synthetic_clip(num_frames, height, width)
-
-    scratch = Path(tempfile.mkdtemp(prefix="i2vedit-bench-"))
-    meter = Meter(device)
+def measure_edit(
+    args: argparse.Namespace,
+    cfg: DictConfig,
+    model: LoadedModel,
+    frames: torch.Tensor,
+    keyframe: torch.Tensor,
+    meter: Meter,
+) -> tuple[dict[str, ChainResult], list[str]]:
+    """Warm-up, plain sampling, then the chain once per store backend; what each kept, and
+    the failures (out of memory) that did not stop the others."""
+    device = model.device
     results: dict[str, ChainResult] = {}
     failures = []
-    try:
-        if args.warmup:
-            log.info("warm-up: the whole chain once at 2 steps (not timed)")
-            warm = Meter(device, False)
-            run_chain(
-                pipe,
-                device,
-                dtype,
-                frames,
-                keyframe,
-                2,
-                args.seed,
-                args.decode_chunk,
-                warm,
-                "memory",
-                scratch / "warm",
-            )
-            empty_cache(device)
-        try:
-            run_plain_sampling(pipe, keyframe, num_frames, steps, args.seed, meter)
-        except OutOfMemory as err:
-            failures.append(f"plain sampling: out of memory: {str(err).splitlines()[0]}")
+    if args.warmup:
+        log.info("warm-up: the whole chain once at %d steps (not timed)", WARMUP_STEPS)
+        warm = cfg.copy()
+        warm.num_steps = WARMUP_STEPS
+        run_chain(warm, model, frames, keyframe, Meter(device, False), "memory")
         empty_cache(device)
-        for backend in args.stores:
-            try:
-                results[backend] = run_chain(
-                    pipe,
-                    device,
-                    dtype,
-                    frames,
-                    keyframe,
-                    steps,
-                    args.seed,
-                    args.decode_chunk,
-                    meter,
-                    backend,
-                    scratch / backend,
-                )
-            except OutOfMemory as err:
-                stage = meter.rows[-1].name
-                failures.append(f"out of memory in stage '{stage}': {str(err).splitlines()[0]}")
-                log.error("%s; reporting what was measured", failures[-1])
-            empty_cache(device)
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
-    failure = "; ".join(failures)
+    try:
+        run_plain_sampling(cfg, model.pipe, keyframe, len(frames), meter)
+    except OutOfMemory as err:
+        failures.append(f"plain sampling: out of memory: {str(err).splitlines()[0]}")
+    empty_cache(device)
+    for backend in args.stores:
+        try:
+            results[backend] = run_chain(cfg, model, frames, keyframe, meter, backend)
+        except OutOfMemory as err:
+            stage = meter.rows[-1].name
+            failures.append(f"out of memory in stage '{stage}': {str(err).splitlines()[0]}")
+            log.error("%s; reporting what was measured", failures[-1])
+        empty_cache(device)
+    return results, failures
+
+
+# --------------------------------------------------------------------------- edit report
+
+
+def stage_table(meter: Meter, build_seconds: float) -> tuple[list[str], list[list[str]]]:
     peak_label, held_label = meter.memory_label
     header = ["stage", "seconds", "s / UNet step", peak_label, held_label, "notes"]
     rows = [
@@ -721,81 +325,7 @@ def run_benchmark(args: argparse.Namespace) -> tuple[str, list[str]]:
         for row in meter.rows
     ]
     rows.append(["model build", f"{build_seconds:.1f}", "", "", "", ""])
-    backend_header, backend_rows = backend_table(meter, results, peak_label)
-    memory_result = results.get("memory")
-    store = memory_result.store if memory_result is not None else MemoryStore()
-
-    unet = pipe.unet
-    indices = store.indices()
-    per_step = measured_records(store, unet, 0) if indices else RecordBytes()
-    all_steps = RecordBytes()
-    for index in indices:
-        r = measured_records(store, unet, index)
-        all_steps.spatial += r.spatial
-        all_steps.temporal += r.temporal
-    h, w = latents_hw(pipe, height, width)
-    a_spatial, a_temporal, n_spatial, n_temporal = analytic_record_elements(unet, num_frames, h, w)
-    element = torch.empty(0, dtype=dtype).element_size()
-    record_header = ["attention records", "per step", f"all {len(indices)} steps"]
-    record_rows = [
-        [
-            f"spatial Q+K ({n_spatial} layers)",
-            fmt_size(per_step.spatial),
-            fmt_size(all_steps.spatial),
-        ],
-        [
-            f"temporal probabilities ({n_temporal} layers)",
-            fmt_size(per_step.temporal),
-            fmt_size(all_steps.temporal),
-        ],
-        ["total", fmt_size(per_step.total), fmt_size(all_steps.total)],
-    ]
-    analytic = (a_spatial + a_temporal) * element
-    check = "matches" if analytic == per_step.total else f"differs ({fmt_size(analytic)})"
-
-    memory_note = (
-        "peak allocated accelerator memory, reset at the start of each stage (the records, "
-        "kept from inversion to sampling, count in both)"
-        if device.type != "cpu"
-        else (
-            "peak resident memory of the whole process (weights included), reset at the start "
-            "of each stage through /proc/self/clear_refs"
-            if meter.rss_resettable
-            else "peak resident memory of the process so far (ru_maxrss; it cannot be reset)"
-        )
-    )
-    extra = [
-        f"- Model: {args.model} ({model_summary(pipe)}), random weights, dtype {dtype_name(dtype)}",
-        f"- Clip: {num_frames} frames of {height}x{width} (latents {h}x{w}), {steps} steps, one "
-        f"keyframe, beta {BETA}, mask_thr {MASK_THR}, reference pairing; "
-        f"warm-up {'2-step chain' if args.warmup else 'none'}",
-        f"- Memory: {memory_note}",
-        *([f"- **Failed**: {failure}"] if failure else []),
-        f"- Records are stored in {dtype_name(dtype)}; the architecture predicts "
-        f"{fmt_size(analytic)} per step ({check} the store)",
-    ]
-    console.print(rich_table(f"{args.model} model: stages", header, rows))
-    console.print(rich_table("attention store backends", backend_header, backend_rows))
-    console.print(rich_table("attention records", record_header, record_rows))
-    body = [
-        *environment_lines(device, extra),
-        "",
-        *markdown_table(header, rows),
-        "",
-        *markdown_table(backend_header, backend_rows),
-        "",
-        *markdown_table(record_header, record_rows),
-    ]
-    default_section = (
-        f"Tiny model, {device_name(device) if device.type != 'cpu' else 'CPU'}"
-        if args.model == "tiny"
-        else f"Full-size SVD, {device_name(device)}"
-    )
-    return default_section, body
-
-
-def _row(meter: Meter, name: str) -> StageRow | None:
-    return next((row for row in meter.rows if row.name == name), None)
+    return header, rows
 
 
 def backend_table(
@@ -803,7 +333,7 @@ def backend_table(
 ) -> tuple[list[str], list[list[str]]]:
     """Per store backend: the edit's time and its ratios to plain SVD sampling, the sampling
     peak, and the bytes kept between inversion and editing."""
-    plain = _row(meter, "plain SVD sampling")
+    plain = meter.row("plain SVD sampling")
     header = [
         "store",
         "inversion (s)",
@@ -818,8 +348,8 @@ def backend_table(
     ]
     rows = []
     for backend, result in results.items():
-        inv = _row(meter, f"inversion [{backend}]")
-        smp = _row(meter, f"guided sampling [{backend}]")
+        inv = meter.row(f"inversion [{backend}]")
+        smp = meter.row(f"guided sampling [{backend}]")
         if inv is None or smp is None:
             continue
 
@@ -843,34 +373,122 @@ def backend_table(
     return header, rows
 
 
-def latents_hw(pipe: StableVideoDiffusionPipeline, height: int, width: int) -> tuple[int, int]:
-    return height // pipe.vae_scale_factor, width // pipe.vae_scale_factor
+def records_table(
+    store: MemoryStore, unet: torch.nn.Module, num_frames: int, hw: tuple[int, int]
+) -> tuple[list[str], list[list[str]], RecordBytes, tuple[int, int, int, int]]:
+    """The records the memory store kept, per step and over all steps; with the first step's
+    bytes and the architecture's count (``analytic_record_elements``) to check them against."""
+    indices = store.indices()
+    per_step = measured_records(store, unet, 0) if indices else RecordBytes()
+    all_steps = RecordBytes()
+    for index in indices:
+        r = measured_records(store, unet, index)
+        all_steps.spatial += r.spatial
+        all_steps.temporal += r.temporal
+    analytic = analytic_record_elements(unet, num_frames, *hw)
+    _, _, n_spatial, n_temporal = analytic
+    header = ["attention records", "per step", f"all {len(indices)} steps"]
+    rows = [
+        [
+            f"spatial Q+K ({n_spatial} layers)",
+            fmt_size(per_step.spatial),
+            fmt_size(all_steps.spatial),
+        ],
+        [
+            f"temporal probabilities ({n_temporal} layers)",
+            fmt_size(per_step.temporal),
+            fmt_size(all_steps.temporal),
+        ],
+        ["total", fmt_size(per_step.total), fmt_size(all_steps.total)],
+    ]
+    return header, rows, per_step, analytic
 
 
-def dtype_name(dtype: torch.dtype) -> str:
-    return str(dtype).removeprefix("torch.")
+def edit_memory_note(device: torch.device, meter: Meter) -> str:
+    if device.type != "cpu":
+        return (
+            "peak allocated accelerator memory, reset at the start of each stage (the records, "
+            "kept from inversion to sampling, count in both)"
+        )
+    if meter.rss_resettable:
+        return (
+            "peak resident memory of the whole process (weights included), reset at the start "
+            "of each stage through /proc/self/clear_refs"
+        )
+    return "peak resident memory of the process so far (ru_maxrss; it cannot be reset)"
 
 
-def model_summary(pipe: StableVideoDiffusionPipeline) -> str:
-    return (
-        f"UNet {millions(pipe.unet):.1f}M, VAE {millions(pipe.vae):.1f}M, "
-        f"CLIP image encoder {millions(pipe.image_encoder):.1f}M parameters"
+def run_benchmark(args: argparse.Namespace, cfg: DictConfig) -> tuple[str, list[str]]:
+    device = resolve_device(cfg.device)
+    dtype = resolve_dtype(cfg.dtype, device)
+    (height, width), num_frames, steps = cfg.model.resolution, cfg.model.num_frames, cfg.num_steps
+    if args.model == "full" and device.type == "cpu":
+        log.warning("the full-size model on a CPU takes hours per step; use --records-only")
+    log.info("building the %s model on %s (%s)", args.model, device, dtype)
+    start = time.perf_counter()
+    model = build_model(args.model, cfg, device, dtype)
+    synchronize(device)
+    build_seconds = time.perf_counter() - start
+    frames, keyframe = synthetic_clip(num_frames, height, width)
+
+    meter = Meter(device)
+    with tempfile.TemporaryDirectory(prefix="i2vedit-bench-", ignore_cleanup_errors=True) as tmp:
+        cfg.paths.cache_dir = tmp  # the disk store's records, removed with it
+        results, failures = measure_edit(args, cfg, model, frames, keyframe, meter)
+    peak_label = meter.memory_label[0]
+    header, rows = stage_table(meter, build_seconds)
+    backend_header, backend_rows = backend_table(meter, results, peak_label)
+    memory_result = results.get("memory")
+    store = memory_result.store if memory_result is not None else MemoryStore()
+    h, w = latents_hw(model.pipe, height, width)
+    record_header, record_rows, per_step, analytic = records_table(
+        store, model.unet, num_frames, (h, w)
     )
+    element = torch.empty(0, dtype=dtype).element_size()
+    analytic_bytes = (analytic[0] + analytic[1]) * element
+    check = (
+        "matches" if analytic_bytes == per_step.total else f"differs ({fmt_size(analytic_bytes)})"
+    )
+    am, failure = cfg.attention_matching, "; ".join(failures)
+    extra = [
+        f"- Model: {args.model} ({model_summary(model.pipe)}), random weights, dtype "
+        f"{dtype_name(dtype)}",
+        f"- Clip: {num_frames} frames of {height}x{width} (latents {h}x{w}), {steps} steps, one "
+        f"keyframe, beta {tuple(am.beta)}, mask_thr {tuple(am.mask_thr)}, {am.pairing} pairing; "
+        f"warm-up {f'{WARMUP_STEPS}-step chain' if args.warmup else 'none'}",
+        f"- Memory: {edit_memory_note(device, meter)}",
+        *([f"- **Failed**: {failure}"] if failure else []),
+        f"- Records are stored in {dtype_name(dtype)}; the architecture predicts "
+        f"{fmt_size(analytic_bytes)} per step ({check} the store)",
+    ]
+    show(f"{args.model} model: stages", header, rows)
+    show("attention store backends", backend_header, backend_rows)
+    show("attention records", record_header, record_rows)
+    body = [
+        *environment_lines(device, extra),
+        "",
+        *markdown_table(header, rows),
+        "",
+        *markdown_table(backend_header, backend_rows),
+        "",
+        *markdown_table(record_header, record_rows),
+    ]
+    default_section = (
+        f"Tiny model, {device_name(device) if device.type != 'cpu' else 'CPU'}"
+        if args.model == "tiny"
+        else f"Full-size SVD, {device_name(device)}"
+    )
+    return default_section, body
+
+
+# --------------------------------------------------------------------------- records only
 
 
 def record_one_step(
-    unet: torch.nn.Module,
-    dtype: torch.dtype,
-    frames: int,
-    h: int,
-    w: int,
-    steps: int,
+    unet: torch.nn.Module, dtype: torch.dtype, frames: int, h: int, w: int, sigma: float
 ) -> MemoryStore:
     """One inversion step (one UNet pass under AttentionRecorder) on meta tensors."""
     meta = unet.device
-    scheduler = svd_scheduler()
-    scheduler.set_timesteps(steps)
-    sigma = float(inversion_sigmas(scheduler.sigmas.float())[0])
     channels = unet.config.out_channels
     cond = Condition(
         embeddings=torch.empty(1, 1, unet.config.cross_attention_dim, device=meta, dtype=dtype),
@@ -889,53 +507,69 @@ def record_one_step(
     return store
 
 
-def meta_pipeline(
-    kind: str, meta: torch.device, dtype: torch.dtype, seed: int
-) -> StableVideoDiffusionPipeline:
+def meta_model(kind: str, cfg: DictConfig, meta: torch.device, dtype: torch.dtype) -> LoadedModel:
     """The model with meta parameters: shapes and dtypes only."""
     if kind == "full":
-        return build_full_pipeline(meta, dtype, seed)
-    pipe = build_pipeline("tiny", torch.device("cpu"), torch.float32, seed)
-    for module in (pipe.unet, pipe.vae, pipe.image_encoder):
+        return build_model(kind, cfg, meta, dtype)
+    model = build_model(kind, cfg, torch.device("cpu"), torch.float32)
+    for module in (model.pipe.unet, model.pipe.vae, model.pipe.image_encoder):
         module.to(device=meta, dtype=dtype)
-    return pipe
+    return LoadedModel(model.pipe, meta, dtype, model.identity)
 
 
-def run_records_only(args: argparse.Namespace) -> tuple[str, list[str]]:
+@dataclass
+class RecordCount:
+    """One dtype's records per step: measured on meta tensors (or, failing that, from the
+    architecture), and how."""
+
+    measured: RecordBytes
+    method: str
+
+
+def count_records(
+    kind: str, cfg: DictConfig, dtype: torch.dtype
+) -> tuple[RecordCount, LoadedModel, tuple[int, int, int, int], str]:
+    """Build the model on the meta device in ``dtype`` and record one inversion step; returns
+    the count, the model, the architecture's count and the failure of the meta pass (if any)."""
+    (height, width), num_frames = cfg.model.resolution, cfg.model.num_frames
     meta = torch.device("meta")  # not hardware: shapes and dtypes only, no storage
-    height, width, num_frames, steps = args.height, args.width, args.frames, args.steps
-    half = torch.bfloat16
-    results: dict[torch.dtype, tuple[RecordBytes, str]] = {}
-    failure = ""
-    for dtype in (half, torch.float32):
-        log.info("building the %s model on the meta device in %s", args.model, dtype_name(dtype))
-        pipe = meta_pipeline(args.model, meta, dtype, args.seed)
-        unet = pipe.unet
-        h, w = latents_hw(pipe, height, width)
-        a_spatial, a_temporal, n_spatial, n_temporal = analytic_record_elements(
-            unet, num_frames, h, w
+    log.info("building the %s model on the meta device in %s", kind, dtype_name(dtype))
+    model = meta_model(kind, cfg, meta, dtype)
+    unet = model.unet
+    h, w = latents_hw(model.pipe, height, width)
+    analytic = analytic_record_elements(unet, num_frames, h, w)
+    element = torch.empty(0, dtype=dtype).element_size()
+    shapes = RecordBytes(analytic[0] * element, analytic[1] * element)
+    sigma = float(inversion_sigmas(karras_sigmas(model.pipe, cfg.num_steps))[0])
+    try:
+        store = record_one_step(unet, dtype, num_frames, h, w, sigma)
+    except Exception as err:  # any failure of the meta pass falls back to the shapes
+        failure = f"{type(err).__name__}: {err}".splitlines()[0][:200]
+        log.warning("meta UNet pass failed (%s); using the analytic shapes", failure)
+        return (
+            RecordCount(shapes, "analytic shapes from the architecture"),
+            model,
+            analytic,
+            failure,
         )
-        element = torch.empty(0, dtype=dtype).element_size()
-        analytic = RecordBytes(a_spatial * element, a_temporal * element)
-        try:
-            store = record_one_step(unet, dtype, num_frames, h, w, steps)
-            measured = measured_records(store, unet, 0)
-            devices = {t.device.type for t in store._data.values()}
-            log.info(
-                "meta pass in %s: %d records on %s", dtype_name(dtype), len(store._data), devices
-            )
-            results[dtype] = (measured, "one UNet pass on meta tensors (AttentionRecorder)")
-            if measured.total != analytic.total:
-                log.warning(
-                    "meta pass (%d B) and architecture (%d B) disagree",
-                    measured.total,
-                    analytic.total,
-                )
-        except Exception as err:  # any failure of the meta pass falls back to the shapes
-            failure = f"{type(err).__name__}: {err}".splitlines()[0][:200]
-            log.warning("meta UNet pass failed (%s); using the analytic shapes", failure)
-            results[dtype] = (analytic, "analytic shapes from the architecture")
+    measured = measured_records(store, unet, 0)
+    devices = {t.device.type for t in store._data.values()}
+    log.info("meta pass in %s: %d records on %s", dtype_name(dtype), len(store._data), devices)
+    if measured.total != shapes.total:
+        log.warning(
+            "meta pass (%d B) and architecture (%d B) disagree", measured.total, shapes.total
+        )
+    return (
+        RecordCount(measured, "one UNet pass on meta tensors (AttentionRecorder)"),
+        model,
+        analytic,
+        "",
+    )
 
+
+def records_only_table(
+    b16: RecordBytes, b32: RecordBytes, steps: int, layers: tuple[int, int]
+) -> tuple[list[str], list[list[str]]]:
     header = [
         "attention records",
         "per step, bf16/fp16",
@@ -943,8 +577,7 @@ def run_records_only(args: argparse.Namespace) -> tuple[str, list[str]]:
         f"{steps} steps, bf16/fp16",
         f"{steps} steps, fp32",
     ]
-    (b16, method16), (b32, method32) = results[half], results[torch.float32]
-    method = method16 if method16 == method32 else f"bf16: {method16}; fp32: {method32}"
+    n_spatial, n_temporal = layers
     rows = []
     for label, pick in (
         (f"spatial Q+K ({n_spatial} layers)", lambda r: r.spatial),
@@ -960,12 +593,57 @@ def run_records_only(args: argparse.Namespace) -> tuple[str, list[str]]:
                 fmt_size(steps * pick(b32)),
             ]
         )
+    return header, rows
+
+
+def issue_formula_lines(
+    b16: RecordBytes,
+    b32: RecordBytes,
+    analytic: tuple[int, int, int, int],
+    num_frames: int,
+    hw: tuple[int, int],
+    steps: int,
+) -> list[str]:
+    """The issue's formula for the full-size model, against the measured bytes."""
+    h, w = hw
+    formula = issue_formula_bytes(4, num_frames, h, w)
+    a_spatial, a_temporal = analytic[:2]
+    exact_coef = a_temporal / (num_frames * num_frames * h * w)
+    return [
+        f"- The issue's formula, 4 B x F x h*w x ({ISSUE_SPATIAL_COEF:.0f} + "
+        f"{ISSUE_TEMPORAL_COEF} F) at {h}x{w}, F={num_frames}: {fmt_size(formula)} per step in "
+        f"fp32 ({formula / GB * steps:.1f} GB for {steps} steps); measured here "
+        f"{fmt_size(b32.total)} ({b32.total / 2**30:.3f} GiB) per step, "
+        f"{b32.total * steps / GB:.1f} GB for {steps} steps ({b32.total:,} B per step, "
+        f"exactly). The exact coefficients of this architecture are "
+        f"{a_spatial / (num_frames * h * w):.2f} and {exact_coef:.4f}",
+        f"- In bf16/fp16, as this package stores them on an accelerator by default: "
+        f"{fmt_size(b16.total)} per step, {b16.total * steps / GB:.1f} GB for {steps} steps",
+    ]
+
+
+def run_records_only(args: argparse.Namespace, cfg: DictConfig) -> tuple[str, list[str]]:
+    (height, width), num_frames, steps = cfg.model.resolution, cfg.model.num_frames, cfg.num_steps
+    half = torch.bfloat16
+    counts: dict[torch.dtype, RecordCount] = {}
+    failure = ""
+    for dtype in (half, torch.float32):
+        counts[dtype], model, analytic, failed = count_records(args.model, cfg, dtype)
+        failure = failed or failure
+    a_spatial, a_temporal, n_spatial, n_temporal = analytic
+    b16, b32 = counts[half].measured, counts[torch.float32].measured
+    method16, method32 = counts[half].method, counts[torch.float32].method
+    method = method16 if method16 == method32 else f"bf16: {method16}; fp32: {method32}"
+    header, rows = records_only_table(b16, b32, steps, (n_spatial, n_temporal))
+    h, w = latents_hw(model.pipe, height, width)
     analytic32 = (a_spatial + a_temporal) * 4
     extra = [
-        f"- Model: {args.model} ({model_summary(pipe)}), built on the meta device (no storage)",
+        f"- Model: {args.model} ({model_summary(model.pipe)}), built on the meta device (no "
+        "storage)",
         f"- Clip: {num_frames} frames of {height}x{width}, latents {h}x{w}; "
-        f"{len(registered_layers(unet))} recorded layers; records per step are those of one "
-        f"inversion step (reference pairing keeps {steps} steps' records)",
+        f"{len(registered_layers(model.unet))} recorded layers; records per step are those of "
+        f"one inversion step ({cfg.attention_matching.pairing} pairing keeps {steps} steps' "
+        "records)",
         f"- Method: {method}" + (f" (meta pass failed: `{failure}`)" if failure else ""),
         f"- Check against the architecture (F x heads x tokens x head_dim x 2 per spatial layer, "
         f"tokens x heads x F x F per temporal layer): fp32 {fmt_size(analytic32)} per step, "
@@ -973,23 +651,9 @@ def run_records_only(args: argparse.Namespace) -> tuple[str, list[str]]:
         f"{fmt_size(b32.total)}",
     ]
     if args.model == "full":
-        formula = issue_formula_bytes(4, num_frames, h, w)
-        exact_coef = a_temporal / (num_frames * num_frames * h * w)
-        extra += [
-            f"- The issue's formula, 4 B x F x h*w x ({ISSUE_SPATIAL_COEF:.0f} + "
-            f"{ISSUE_TEMPORAL_COEF} F) at {h}x{w}, F={num_frames}: {fmt_size(formula)} per step in "
-            f"fp32 ({formula / GB * steps:.1f} GB for {steps} steps); measured here "
-            f"{fmt_size(b32.total)} ({b32.total / 2**30:.3f} GiB) per step, "
-            f"{b32.total * steps / GB:.1f} GB for {steps} steps ({b32.total:,} B per step, "
-            f"exactly). The exact coefficients of this architecture are "
-            f"{a_spatial / (num_frames * h * w):.2f} and {exact_coef:.4f}",
-            f"- In bf16/fp16, as this package stores them on an accelerator by default: "
-            f"{fmt_size(b16.total)} per step, {b16.total * steps / GB:.1f} GB for {steps} steps",
-        ]
-    console.print(rich_table("attention records (from the architecture)", header, rows))
-    for line in extra:
-        console.print(line)
-    body = [*environment_lines(meta, extra), "", *markdown_table(header, rows)]
+        extra += issue_formula_lines(b16, b32, analytic, num_frames, (h, w), steps)
+    show("attention records (from the architecture)", header, rows, extra)
+    body = [*environment_lines(torch.device("meta"), extra), "", *markdown_table(header, rows)]
     default_section = (
         f"{'Full-size SVD' if args.model == 'full' else 'Tiny model'} attention records "
         f"({height}x{width}x{num_frames}, from the architecture)"
@@ -1000,27 +664,37 @@ def run_records_only(args: argparse.Namespace) -> tuple[str, list[str]]:
 # --------------------------------------------------------------------------- entry point
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, DictConfig]:
+    """The command line, and the edit config it runs with (``conf/edit.yaml``, the model's
+    ``conf/model`` option, and the values given here)."""
+    tiny, full = (bench_config("edit", kind) for kind in MODEL_OPTIONS)
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", choices=("tiny", "full"), default="tiny")
-    parser.add_argument("--height", type=int, help="frame height (tiny 32, full 576)")
-    parser.add_argument("--width", type=int, help="frame width (tiny 48, full 1024)")
-    parser.add_argument("--frames", type=int, help="frames per clip (tiny 8, full 14)")
-    parser.add_argument("--steps", type=int, help="inversion and sampling steps (25)")
-    parser.add_argument("--device", default="auto", help="auto: the accelerator if present")
-    parser.add_argument("--dtype", default="auto", help="auto, fp32, fp16 or bf16")
-    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--model", choices=tuple(MODEL_OPTIONS), default="tiny")
+    for flag, what, pick in (
+        ("--height", "frame height", lambda c: c.model.resolution[0]),
+        ("--width", "frame width", lambda c: c.model.resolution[1]),
+        ("--frames", "frames per clip", lambda c: c.model.num_frames),
+    ):
+        parser.add_argument(flag, type=int, help=f"{what} (tiny {pick(tiny)}, full {pick(full)})")
+    parser.add_argument(
+        "--steps", type=int, help=f"inversion and sampling steps ({tiny.num_steps})"
+    )
+    parser.add_argument("--device", help=f"{tiny.device}: the accelerator if present")
+    parser.add_argument("--dtype", help=f"{tiny.dtype}, fp32, fp16 or bf16")
+    parser.add_argument("--seed", type=int, help=f"run and weights seed ({tiny.seed})")
     parser.add_argument(
         "--threads",
         type=int,
         help="torch CPU threads (default: torch's choice); 1 is steadier on a shared machine",
     )
-    parser.add_argument("--decode-chunk", type=int, default=8, help="VAE frames per call")
+    parser.add_argument(
+        "--decode-chunk", type=int, help=f"VAE frames per call ({tiny.model.decode_chunk_size})"
+    )
     parser.add_argument(
         "--warmup",
         action=argparse.BooleanOptionalAction,
         default=True,
-        help="run the chain once at 2 steps before timing (default on)",
+        help=f"run the chain once at {WARMUP_STEPS} steps before timing (default on)",
     )
     parser.add_argument(
         "--records-only",
@@ -1034,26 +708,36 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=["memory", "disk", "recompute"],
         help="attention store backends to run (default: all three)",
     )
-    parser.add_argument("--out", type=Path, default=ROOT / "docs" / "BENCHMARKS.md")
+    parser.add_argument("--out", type=Path, default=BENCHMARKS_MD)
     parser.add_argument("--section", help="markdown section to replace or append")
     parser.add_argument("--no-write", action="store_true", help="print only")
     args = parser.parse_args(argv)
-    height, width, frames, steps = DEFAULTS[args.model]
-    args.height = args.height or height
-    args.width = args.width or width
-    args.frames = args.frames or frames
-    args.steps = args.steps or steps
-    if args.steps < 2:
+    cfg = tiny if args.model == "tiny" else full
+    if args.steps is not None and args.steps < 2:
         parser.error("--steps must be at least 2 (inversion needs two sigmas)")
-    return args
+    return args, with_arguments(cfg, args)
+
+
+def with_arguments(cfg: DictConfig, args: argparse.Namespace) -> DictConfig:
+    """``cfg`` with the values given on the command line."""
+    m = cfg.model
+    m.resolution = [args.height or m.resolution[0], args.width or m.resolution[1]]
+    m.num_frames = args.frames or m.num_frames
+    m.decode_chunk_size = args.decode_chunk or m.decode_chunk_size
+    cfg.num_steps = args.steps or cfg.num_steps
+    cfg.device = args.device or cfg.device
+    cfg.dtype = args.dtype or cfg.dtype
+    cfg.seed = m.seed = cfg.seed if args.seed is None else args.seed
+    return cfg
 
 
 def main(argv: list[str] | None = None) -> int:
-    setup_logging(names=("i2vedit", "bench_edit"))
-    args = parse_args(argv)
+    setup_logging(names=("i2vedit", "benchlib", "bench_edit"))
+    args, cfg = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    default_section, body = run_records_only(args) if args.records_only else run_benchmark(args)
+    run = run_records_only if args.records_only else run_benchmark
+    default_section, body = run(args, cfg)
     if not args.no_write:
         write_section(args.out, args.section or default_section, body)
     return 0

@@ -1,24 +1,26 @@
 """Benchmark of motion-LoRA training steps: a real Lightning ``Trainer.fit`` of
 ``MotionLoRAModule`` on a ``OneClipDataModule``, as ``i2vedit-train`` runs it for one clip.
 
-The clip is random: for ``--model tiny`` random frames go through ``encode_video`` and
-``encode_condition``; for ``--model full`` the latents and the conditioning (CLIP embedding,
-first-frame latents, time ids) are random tensors of the right shapes (the CLIP and the VAE are
-built and held in memory, as in a training run, but not run). Each step is timed between
-``on_train_batch_start`` and ``on_train_batch_end`` (synchronised on accelerators), after a few
-untimed warm-up steps; the peak memory is reset after the warm-up.
+The values (LoRA rank, alpha, dropout, learning rate, weight decay, the training resolution and
+clip length, the Trainer's settings) are those of ``conf/train.yaml`` with the model's
+``conf/model`` option. The clip is random: for ``--model tiny`` random frames go through
+``encode_video`` and ``i2vedit.runner.source_condition``; for ``--model full`` the latents and
+the conditioning (CLIP embedding, first-frame latents, time ids) are random tensors of the
+right shapes (the CLIP and the VAE are built and held in memory, as in a training run, but not
+run). Each step is timed between ``on_train_batch_start`` and ``on_train_batch_end``
+(synchronised on accelerators), after a few untimed warm-up steps; the peak memory is reset
+after the warm-up.
 
     python experiments/bench_train.py --model tiny --threads 1 --checkpointing diffusers none
     python experiments/bench_train.py --model full --section "Training, full-size SVD, <GPU name>"
 
-``--model full`` is the full-size SVD img2vid architecture with random weights (see
-``bench_edit.py``): the time and memory of the real model, without its checkpoint.
+``--model full`` is the full-size SVD img2vid architecture with random weights
+(``i2vedit.models.specs``): the time and memory of the real model, without its checkpoint.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import logging
 import statistics
 import sys
@@ -30,20 +32,21 @@ from pathlib import Path
 import lightning as L
 import peft
 import torch
-from diffusers import StableVideoDiffusionPipeline
+from omegaconf import DictConfig
 
 EXPERIMENTS = Path(__file__).resolve().parent
 if str(EXPERIMENTS) not in sys.path:  # run as a script, experiments/ is already first
     sys.path.insert(0, str(EXPERIMENTS))
 
-from bench_edit import (  # noqa: E402  (bench_edit also puts src/ on the path if needed)
+from benchlib import (  # noqa: E402  (benchlib also puts src/ on the path if needed)
+    BENCHMARKS_MD,
     GB,
     MB,
+    MODEL_OPTIONS,
     Meter,
     OutOfMemory,
-    build_full_pipeline,
-    build_pipeline,
-    console,
+    bench_config,
+    build_model,
     device_name,
     dtype_name,
     empty_cache,
@@ -52,23 +55,22 @@ from bench_edit import (  # noqa: E402  (bench_edit also puts src/ on the path i
     latents_hw,
     markdown_table,
     model_summary,
-    rich_table,
+    show,
     synchronize,
     write_section,
 )
-from i2vedit.models.device import PRECISION_DTYPES, resolve_device, resolve_precision  # noqa: E402
-from i2vedit.progress import setup_logging  # noqa: E402
-from i2vedit.sampling.edm import (  # noqa: E402
-    Condition,
-    ConditioningParams,
-    encode_condition,
-    encode_video,
-)
-from i2vedit.training.lora import (  # noqa: E402
+from i2vedit.core.conditioning import ConditioningParams  # noqa: E402
+from i2vedit.core.edm import Condition, encode_video  # noqa: E402
+from i2vedit.core.lora import (  # noqa: E402
     motion_lora_config,
     remove_lora,
     temporal_linear_layers,
 )
+from i2vedit.data.resize import SIZE_MULTIPLE  # noqa: E402
+from i2vedit.models.device import PRECISION_DTYPES, resolve_device, resolve_precision  # noqa: E402
+from i2vedit.models.svd import LoadedModel  # noqa: E402
+from i2vedit.progress import setup_logging  # noqa: E402
+from i2vedit.runner import source_condition  # noqa: E402
 from i2vedit.training.module import MotionLoRAModule, OneClipDataModule  # noqa: E402
 
 log = logging.getLogger("bench_train")
@@ -79,16 +81,6 @@ log = logging.getLogger("bench_train")
 warnings.filterwarnings("ignore", message=".*LeafSpec.*")
 warnings.filterwarnings("ignore", message=".*dataloader is not resumable.*")
 warnings.filterwarnings("ignore", message=".*does not have many workers.*")
-
-#: (height, width, frames) when not given: the tiny model's, and SVD's training resolution
-#: (model.train_resolution of conf/model/svd*.yaml) with img2vid's 14 frames.
-DEFAULTS = {"tiny": (32, 48, 8), "full": (512, 896, 14)}
-
-#: conf/lora/none.yaml: how a motion LoRA trains (the rank is an option here).
-LORA_ALPHA = 32.0
-LORA_DROPOUT = 0.1
-LORA_LR = 5.0e-4
-LORA_WEIGHT_DECAY = 1.0e-2
 
 #: The issue's targets for one clip at 512x896x14 on one H100 with bf16, and the reference.
 TARGET_PEAK_GB = 16.0
@@ -101,22 +93,22 @@ CHECKPOINTING = {"diffusers": "unet.enable_gradient_checkpointing()", "none": "n
 # --------------------------------------------------------------------------- the clip
 
 
-def random_clip(
-    pipe: StableVideoDiffusionPipeline, kind: str, frames: int, height: int, width: int, seed: int
-) -> tuple[torch.Tensor, Condition]:
-    """Latents (1, F, 4, h, w) in float32 and the unguided conditioning of a random clip, on
-    the UNet's device, in the dtypes that ``encode_video`` and ``encode_condition`` give."""
-    device, dtype = pipe.unet.device, pipe.unet.dtype
-    g = torch.Generator().manual_seed(seed)
+def random_clip(model: LoadedModel, cfg: DictConfig, kind: str) -> tuple[torch.Tensor, Condition]:
+    """Latents (1, F, 4, h, w) in float32 and the unguided conditioning of a random clip of
+    ``data.chunk_size`` frames at ``lora.resolution``, on the UNet's device, in the dtypes that
+    ``encode_video`` and ``source_condition`` give."""
+    pipe, device, dtype = model.pipe, model.device, model.unet.dtype
+    frames, (height, width) = cfg.data.chunk_size, cfg.lora.resolution
+    g = torch.Generator().manual_seed(cfg.seed)
     if kind == "tiny":
         clip = (torch.rand(frames, 3, height, width, generator=g) * 2 - 1).to(device)
         with torch.no_grad():
-            latents = encode_video(pipe, clip)
-            cond = encode_condition(pipe, clip[:1], ConditioningParams(), frames, g, guided=False)
+            latents = encode_video(pipe, clip, cfg.model.decode_chunk_size)
+            cond = source_condition(cfg, model, clip, frames, sarp_done=True)  # training: no SARP
         return latents, cond
     h, w = latents_hw(pipe, height, width)
     channels = pipe.unet.config.out_channels
-    params = ConditioningParams()
+    params = ConditioningParams(**cfg.conditioning)
     latents = torch.randn(1, frames, channels, h, w, generator=g).to(device)
     image = torch.randn(1, 1, channels, h, w, generator=g).repeat(1, frames, 1, 1, 1)
     width_embed = pipe.unet.config.cross_attention_dim
@@ -142,24 +134,13 @@ class StepTimer(L.Callback):
         self.seconds: list[float] = []
         self.done = 0
         self._start = 0.0
-        self._stage: contextlib.AbstractContextManager | None = None
-
-    def _enter(self, name: str, steps: int) -> None:
-        self._stage = self.meter.stage(name, steps)
-        self._stage.__enter__()
-
-    def _leave(self, error: BaseException | None = None) -> None:
-        stage, self._stage = self._stage, None
-        if stage is not None:
-            kind = None if error is None else type(error)
-            stage.__exit__(kind, error, None if error is None else error.__traceback__)
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         if self.done == 0 and self.warmup:
-            self._enter("warm-up", self.warmup)
+            self.meter.begin("warm-up", self.warmup)
         if self.done == self.warmup:
-            self._leave()
-            self._enter("timed", self.steps)
+            self.meter.end()
+            self.meter.begin("timed", self.steps)
         synchronize(self.device)
         self._start = time.perf_counter()
 
@@ -168,10 +149,10 @@ class StepTimer(L.Callback):
         self.seconds.append(time.perf_counter() - self._start)
         self.done += 1
         if self.done == self.warmup + self.steps:
-            self._leave()
+            self.meter.end()
 
     def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
-        self._leave(exception)  # an out-of-memory stage is recorded as such
+        self.meter.end(exception)  # an out-of-memory stage is recorded as such
 
     @property
     def timed(self) -> list[float]:
@@ -205,49 +186,36 @@ class LoRASize:
 
 
 def train_once(
-    pipe: StableVideoDiffusionPipeline,
+    model: LoadedModel,
     latents: torch.Tensor,
     cond: Condition,
     args: argparse.Namespace,
+    cfg: DictConfig,
     precision: str,
-    device: torch.device,
     checkpointing: str,
 ) -> tuple[Result, LoRASize]:
     """One ``Trainer.fit`` of warm-up + timed steps; the UNet is left as it was found."""
-    unet = pipe.unet
+    unet, device, lora = model.unet, model.device, cfg.lora
     result = Result(checkpointing)
     meter = Meter(device)
     timer = StepTimer(device, args.warmup, args.steps, meter)
     total = args.warmup + args.steps
     # counted before injection: peft then shortens a long target_modules list to suffixes
     layers = len(temporal_linear_layers(unet))
-    config = motion_lora_config(unet, args.rank, LORA_ALPHA, LORA_DROPOUT)
+    config = motion_lora_config(unet, lora.rank, lora.alpha, lora.dropout)
     module = MotionLoRAModule(
         unet,
         config,
-        LORA_LR,
-        LORA_WEIGHT_DECAY,
-        args.seed,
+        lora.lr,
+        lora.weight_decay,
+        cfg.seed,
         gradient_checkpointing=checkpointing == "diffusers",
     )
+    params = module.lora_params
     size = LoRASize(
-        layers,
-        sum(p.numel() for p in module.lora_params),
-        sum(p.numel() * p.element_size() for p in module.lora_params),
+        layers, sum(p.numel() for p in params), sum(p.numel() * p.element_size() for p in params)
     )
-    trainer = L.Trainer(
-        accelerator="auto",
-        devices=1,
-        precision=precision,
-        max_steps=total,
-        logger=False,
-        callbacks=[timer],
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        log_every_n_steps=1,
-        num_sanity_val_steps=0,
-    )
+    trainer = lora_trainer(cfg, precision, total, timer)
     datamodule = OneClipDataModule(latents, cond, total)
     log.info(
         "training: checkpointing %s, %s, %d warm-up + %d timed steps",
@@ -265,16 +233,44 @@ def train_once(
     finally:
         result.fit_seconds = time.perf_counter() - start
         del trainer, module, datamodule  # the optimizer state goes with them
-        remove_lora(unet)
-        if checkpointing == "diffusers":
-            unet.disable_gradient_checkpointing()
-        unet.eval()
-        unet.requires_grad_(False)
-        unet.to(device)  # Lightning's teardown moves the module to the host
-        empty_cache(device)
+        restore_unet(unet, device, checkpointing)
     result.timed = timer.timed
-    stages = {row.name: row for row in meter.rows}
-    warm, timed = stages.get("warm-up"), stages.get("timed")
+    take_stages(result, meter)
+    return result, size
+
+
+def lora_trainer(cfg: DictConfig, precision: str, steps: int, timer: StepTimer) -> L.Trainer:
+    """A Lightning Trainer as ``i2vedit-train`` makes one (``trainer`` group), for ``steps``
+    steps timed by ``timer``, without a logger, checkpoints or a progress bar."""
+    return L.Trainer(
+        accelerator=cfg.trainer.accelerator,
+        devices=cfg.trainer.devices,
+        precision=precision,
+        max_steps=steps,
+        logger=False,
+        callbacks=[timer],
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        log_every_n_steps=cfg.trainer.log_every_n_steps,
+        num_sanity_val_steps=0,
+    )
+
+
+def restore_unet(unet: torch.nn.Module, device: torch.device, checkpointing: str) -> None:
+    """The UNet as it was before training: no LoRA, no checkpointing, frozen, on ``device``."""
+    remove_lora(unet)
+    if checkpointing == "diffusers":
+        unet.disable_gradient_checkpointing()
+    unet.eval()
+    unet.requires_grad_(False)
+    unet.to(device)  # Lightning's teardown moves the module to the host
+    empty_cache(device)
+
+
+def take_stages(result: Result, meter: Meter) -> None:
+    """The peak and held memory, and the loop's seconds, of the warm-up and timed stages."""
+    warm, timed = meter.row("warm-up"), meter.row("timed")
     if warm is not None:
         result.start_memory = warm.held
     if timed is not None:
@@ -283,7 +279,6 @@ def train_once(
             result.loop_seconds = timed.seconds
     elif warm is not None:
         result.peak = warm.peak  # failed in the warm-up: its peak is what there is
-    return result, size
 
 
 # --------------------------------------------------------------------------- reports
@@ -358,139 +353,178 @@ def memory_note(device: torch.device, meter: Meter) -> str:
 # --------------------------------------------------------------------------- entry point
 
 
-def run(args: argparse.Namespace) -> tuple[str, list[str]]:
-    device = resolve_device("auto")
-    precision = resolve_precision(args.precision, device)
+@dataclass
+class Clip:
+    """The model and the clip it trains on, or why there are none."""
+
+    model: LoadedModel | None = None
+    latents: torch.Tensor | None = None
+    cond: Condition | None = None
+    summary: str = "not built"
+    latent_size: str = "n/a"
+    seconds: float = 0.0  #: to build the model and the clip
+    failure: str = ""
+
+
+def build_clip(args: argparse.Namespace, cfg: DictConfig, device, dtype: torch.dtype) -> Clip:
+    """The model on ``device`` in ``dtype`` and its random clip (out of memory: neither)."""
+    log.info("building the %s model on %s (%s weights)", args.model, device, dtype_name(dtype))
+    clip = Clip()
+    start = time.perf_counter()
+    try:
+        clip.model = build_model(args.model, cfg, device, dtype)
+        synchronize(device)
+        clip.summary = model_summary(clip.model.pipe)
+        clip.latents, clip.cond = random_clip(clip.model, cfg, args.model)
+        clip.latent_size = "x".join(str(n) for n in clip.latents.shape[-2:])
+    except OutOfMemory as err:
+        log.error("out of memory building the model or the clip: %s", str(err).splitlines()[0])
+        clip = Clip(failure="OUT OF MEMORY building the model or the clip")
+        empty_cache(device)
+    clip.seconds = time.perf_counter() - start
+    return clip
+
+
+def run(args: argparse.Namespace, cfg: DictConfig) -> tuple[str, list[str]]:
+    device = resolve_device(cfg.device)
+    precision = resolve_precision(cfg.trainer.precision, device)
     dtype = PRECISION_DTYPES[precision]
     if args.model == "full" and device.type == "cpu":
         log.warning("the full-size model on a CPU takes minutes per step; this is for a GPU")
-    log.info("building the %s model on %s (%s weights)", args.model, device, dtype_name(dtype))
-    results: list[Result] = []
+    clip = build_clip(args, cfg, device, dtype)
+    results = [Result(mode, failure=clip.failure) for mode in args.modes] if clip.failure else []
     size = LoRASize(0, 0, 0)
-    summary, latent_size = "not built", "n/a"
-    pipe: StableVideoDiffusionPipeline | None = None
-    start = time.perf_counter()
-    try:
-        if args.model == "full":
-            pipe = build_full_pipeline(device, dtype, args.seed)
-        else:
-            pipe = build_pipeline("tiny", device, dtype, args.seed)
-        synchronize(device)
-        summary = model_summary(pipe)
-        latents, cond = random_clip(
-            pipe, args.model, args.frames, args.height, args.width, args.seed
-        )
-        latent_size = "x".join(str(n) for n in latents.shape[-2:])
-    except OutOfMemory as err:
-        log.error("out of memory building the model or the clip: %s", str(err).splitlines()[0])
-        failure = "OUT OF MEMORY building the model or the clip"
-        results = [Result(mode, failure=failure) for mode in args.modes]
-        pipe = None
-        empty_cache(device)
-    build_seconds = time.perf_counter() - start
-    if pipe is not None:
+    if clip.model is not None:
         for mode in args.modes:
-            result, size = train_once(pipe, latents, cond, args, precision, device, mode)
+            result, size = train_once(
+                clip.model, clip.latents, clip.cond, args, cfg, precision, mode
+            )
             results.append(result)
 
     probe = Meter(device)  # for the labels only
-    peak_label = probe.memory_label[0]
     header = [
         "checkpointing",
         "mean s/step",
         "median s/step",
         "steps/s",
         *(f"{n} steps (min)" for n in PROJECTED_STEPS),
-        peak_label,
+        probe.memory_label[0],
         "held at start of timed steps (GB)",
         "notes",
     ]
     rows = [result_row(r) for r in results]
-    clip_source = (
-        "random frames through encode_video / encode_condition"
-        if args.model == "tiny"
-        else "random latents and conditioning tensors (CLIP and VAE held, not run)"
-    )
     extra = [
-        f"- Also: lightning {L.__version__}, peft {peft.__version__}",
-        f"- Model: {args.model} ({summary}), random weights, frozen in {dtype_name(dtype)}; "
-        f"built (with the clip) in {build_seconds:.1f} s",
-        f"- Clip: {args.frames} frames of {args.height}x{args.width} (latents {latent_size}), "
-        f"{clip_source}",
-        f"- Training: Lightning Trainer.fit, precision {precision}, batch 1, AdamW lr "
-        f"{LORA_LR:g}, weight decay {LORA_WEIGHT_DECAY:g}; {args.warmup} warm-up steps, then "
-        f"{args.steps} timed steps; no logger, no checkpoints",
-        f"- LoRA: rank {args.rank}, alpha {LORA_ALPHA:g}, dropout {LORA_DROPOUT:g} on "
-        f"{size.layers} linear layers of the temporal transformer blocks: {size.params:,} "
-        f"trainable parameters, {size.nbytes / MB:.2f} MB in fp32 (AdamW keeps two more copies)",
-        "- Checkpointing: " + "; ".join(f"{mode} = {CHECKPOINTING[mode]}" for mode in args.modes),
-        "- Step time: on_train_batch_start to on_train_batch_end (forward, backward, optimizer "
-        "step), synchronised; steps/s and the projections use the whole timed loop, the "
-        "overhead between steps included",
+        *run_lines(args, cfg, clip, precision, dtype, size),
         f"- Memory: {memory_note(device, probe)}",
         *target_lines(args, device, precision, results),
     ]
-    console.print(rich_table(f"{args.model} model: motion-LoRA training steps", header, rows))
-    for line in extra:
-        console.print(line)
+    show(f"{args.model} model: motion-LoRA training steps", header, rows, extra)
     body = [*environment_lines(device, extra), "", *markdown_table(header, rows)]
     where = "CPU" if device.type == "cpu" else device_name(device)
     name = "tiny model" if args.model == "tiny" else "full-size SVD"
     return f"Training, {name}, {where}", body
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+def run_lines(
+    args: argparse.Namespace,
+    cfg: DictConfig,
+    clip: Clip,
+    precision: str,
+    dtype: torch.dtype,
+    size: LoRASize,
+) -> list[str]:
+    """What ran: versions, model, clip, training and LoRA settings."""
+    lora, (height, width) = cfg.lora, cfg.lora.resolution
+    clip_source = (
+        "random frames through encode_video / source_condition"
+        if args.model == "tiny"
+        else "random latents and conditioning tensors (CLIP and VAE held, not run)"
+    )
+    return [
+        f"- Also: lightning {L.__version__}, peft {peft.__version__}",
+        f"- Model: {args.model} ({clip.summary}), random weights, frozen in {dtype_name(dtype)}; "
+        f"built (with the clip) in {clip.seconds:.1f} s",
+        f"- Clip: {cfg.data.chunk_size} frames of {height}x{width} (latents {clip.latent_size}), "
+        f"{clip_source}",
+        f"- Training: Lightning Trainer.fit, precision {precision}, batch 1, AdamW lr "
+        f"{lora.lr:g}, weight decay {lora.weight_decay:g}; {args.warmup} warm-up steps, then "
+        f"{args.steps} timed steps; no logger, no checkpoints",
+        f"- LoRA: rank {lora.rank}, alpha {lora.alpha:g}, dropout {lora.dropout:g} on "
+        f"{size.layers} linear layers of the temporal transformer blocks: {size.params:,} "
+        f"trainable parameters, {size.nbytes / MB:.2f} MB in fp32 (AdamW keeps two more copies)",
+        "- Checkpointing: " + "; ".join(f"{mode} = {CHECKPOINTING[mode]}" for mode in args.modes),
+        "- Step time: on_train_batch_start to on_train_batch_end (forward, backward, optimizer "
+        "step), synchronised; steps/s and the projections use the whole timed loop, the "
+        "overhead between steps included",
+    ]
+
+
+def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, DictConfig]:
+    """The command line, and the training config it runs with (``conf/train.yaml``, the
+    model's ``conf/model`` option, and the values given here)."""
+    tiny, full = (bench_config("train", kind) for kind in MODEL_OPTIONS)
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", choices=("tiny", "full"), default="tiny")
-    parser.add_argument("--height", type=int, help="frame height (tiny 32, full 512)")
-    parser.add_argument("--width", type=int, help="frame width (tiny 48, full 896)")
-    parser.add_argument("--frames", type=int, help="frames per clip (tiny 8, full 14)")
+    parser.add_argument("--model", choices=tuple(MODEL_OPTIONS), default="tiny")
+    for flag, what, pick in (
+        ("--height", "frame height", lambda c: c.lora.resolution[0]),
+        ("--width", "frame width", lambda c: c.lora.resolution[1]),
+        ("--frames", "frames per clip", lambda c: c.data.chunk_size),
+    ):
+        parser.add_argument(flag, type=int, help=f"{what} (tiny {pick(tiny)}, full {pick(full)})")
     parser.add_argument("--steps", type=int, default=20, help="timed training steps (20)")
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps first (3)")
-    parser.add_argument("--rank", type=int, default=32, help="LoRA rank (32)")
+    parser.add_argument("--rank", type=int, help=f"LoRA rank ({tiny.lora.rank})")
     parser.add_argument(
         "--precision",
         choices=("auto", *PRECISION_DTYPES),
-        default="auto",
-        help="Lightning precision; auto: bf16-mixed (16-mixed without bf16) on an accelerator, "
-        "32 on a CPU",
+        help=f"Lightning precision ({tiny.trainer.precision}); auto: bf16-mixed (16-mixed "
+        "without bf16) on an accelerator, 32 on a CPU",
     )
+    checkpointing = "diffusers" if tiny.lora.gradient_checkpointing else "none"
     parser.add_argument(
         "--checkpointing",
         dest="modes",
         nargs="+",
         choices=tuple(CHECKPOINTING),
-        default=["diffusers"],
-        help="gradient checkpointing, one table row each (default: diffusers)",
+        default=[checkpointing],
+        help=f"gradient checkpointing, one table row each (default: {checkpointing})",
     )
-    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--seed", type=int, help=f"run and weights seed ({tiny.seed})")
     parser.add_argument(
         "--threads",
         type=int,
         help="torch CPU threads (default: torch's choice); 1 is steadier on a shared machine",
     )
-    parser.add_argument("--out", type=Path, default=EXPERIMENTS.parent / "docs" / "BENCHMARKS.md")
+    parser.add_argument("--out", type=Path, default=BENCHMARKS_MD)
     parser.add_argument("--section", help="markdown section to replace or append")
     parser.add_argument("--no-write", action="store_true", help="print only")
     args = parser.parse_args(argv)
-    height, width, frames = DEFAULTS[args.model]
-    args.height = args.height or height
-    args.width = args.width or width
-    args.frames = args.frames or frames
+    cfg = with_arguments(tiny if args.model == "tiny" else full, args)
     if args.steps < 1 or args.warmup < 0:
         parser.error("--steps must be at least 1 and --warmup at least 0")
-    if args.height % 8 or args.width % 8:
-        parser.error("--height and --width must be multiples of 8")
+    if any(n % SIZE_MULTIPLE for n in cfg.lora.resolution):
+        parser.error(f"--height and --width must be multiples of {SIZE_MULTIPLE}")
     args.modes = list(dict.fromkeys(args.modes))  # each mode once, in the order given
-    return args
+    return args, cfg
+
+
+def with_arguments(cfg: DictConfig, args: argparse.Namespace) -> DictConfig:
+    """``cfg`` with the values given on the command line."""
+    lora = cfg.lora
+    lora.resolution = [args.height or lora.resolution[0], args.width or lora.resolution[1]]
+    cfg.data.chunk_size = args.frames or cfg.data.chunk_size
+    lora.rank = args.rank or lora.rank
+    cfg.trainer.precision = args.precision or cfg.trainer.precision
+    cfg.seed = cfg.model.seed = cfg.seed if args.seed is None else args.seed
+    return cfg
 
 
 def main(argv: list[str] | None = None) -> int:
-    setup_logging(names=("i2vedit", "bench_train"))
-    args = parse_args(argv)
+    setup_logging(names=("i2vedit", "benchlib", "bench_train"))
+    args, cfg = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    default_section, body = run(args)
+    default_section, body = run(args, cfg)
     if not args.no_write:
         write_section(args.out, args.section or default_section, body)
     return 0

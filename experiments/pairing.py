@@ -27,15 +27,15 @@ from i2vedit.attention.control import (
     controlled_attention,
 )
 from i2vedit.attention.store import MemoryStore
-from i2vedit.inversion.edm import edm_invert
-from i2vedit.models.svd import build_tiny_pipeline
-from i2vedit.sampling.edm import (
+from i2vedit.core.edm import (
     ConditioningParams,
     encode_condition,
     encode_video,
     guidance_scales,
     karras_sigmas,
 )
+from i2vedit.inversion.edm import edm_invert
+from i2vedit.models.svd import build_tiny_pipeline
 from i2vedit.sampling.sampler import sample
 
 console = Console()

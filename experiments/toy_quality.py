@@ -45,13 +45,13 @@ if str(ROOT / "src") not in sys.path:
 from hydra import compose, initialize_config_module  # noqa: E402
 
 from i2vedit.config import register_configs  # noqa: E402
+from i2vedit.core.edm import decode_video, encode_video  # noqa: E402
 from i2vedit.data.resize import to_model_frames, to_uint8_frames  # noqa: E402
 from i2vedit.data.video import read_video_frames  # noqa: E402
 from i2vedit.metrics import psnr  # noqa: E402
 from i2vedit.models.device import resolve_device  # noqa: E402
 from i2vedit.models.svd import LoadedModel, load_model  # noqa: E402
 from i2vedit.progress import CONSOLE, setup_logging  # noqa: E402
-from i2vedit.sampling.edm import decode_video, encode_video  # noqa: E402
 from i2vedit.tasks.edit import run_edit  # noqa: E402
 from i2vedit.toy.items import ensure_toy_case  # noqa: E402
 from i2vedit.toy.world import ToyCase, held_out_cases, sprite_centroid  # noqa: E402

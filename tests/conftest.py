@@ -12,7 +12,8 @@ from PIL import Image
 
 from i2vedit.config import register_configs
 from i2vedit.data.video import write_video
-from i2vedit.models.svd import LoadedModel, build_tiny_pipeline
+from i2vedit.models.svd import LoadedModel
+from i2vedit.models.tiny import build_tiny_pipeline
 
 register_configs()
 

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import i2vedit.runner as runner
 import i2vedit.tasks.edit as edit_task
 from i2vedit.data.video import read_video_frames, write_video
 from i2vedit.tasks.edit import run_edit
@@ -24,7 +25,7 @@ from tests.conftest import compose_edit, moving_square_frames
 @pytest.fixture
 def counts(monkeypatch):
     calls = {"invert": 0, "train_steps": 0}
-    original_invert = edit_task.edm_invert
+    original_invert = runner.edm_invert
     original_step = MotionLoRAModule.training_step
 
     def invert(*args, **kwargs):
@@ -35,7 +36,7 @@ def counts(monkeypatch):
         calls["train_steps"] += 1
         return original_step(self, *args, **kwargs)
 
-    monkeypatch.setattr(edit_task, "edm_invert", invert)
+    monkeypatch.setattr(runner, "edm_invert", invert)
     monkeypatch.setattr(MotionLoRAModule, "training_step", step)
     return calls
 
@@ -100,6 +101,10 @@ def test_corrupt_entry_is_detected_and_recomputed(
     assert torch.equal(first.clip_frames["blue"][0], second.clip_frames["blue"][0])
 
 
+# slow (1.5-2.5 min: three subprocess edits of three clips); the fast tier keeps its parts:
+# cache hits of a second run (test_second_run_recomputes_nothing_and_beta_reuses_inversion)
+# and byte-identical video writes (test_video)
+@pytest.mark.slow
 def test_killed_run_resumes_to_the_same_output(source_video, keyframe, tmp_path):
     exe = shutil.which("i2vedit-edit", path=str(Path(sys.executable).parent))
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -123,11 +128,11 @@ def test_killed_run_resumes_to_the_same_output(source_video, keyframe, tmp_path)
     args = [*common, f"output_dir={tmp_path / 'resumed'}", f"paths.cache_dir={cache}"]
     proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 300
-    while not list((cache / "edits").glob("*/manifest.json")) and time.time() < deadline:
+    while not list((cache / "edits").glob("[!.]*/manifest.json")) and time.time() < deadline:
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    done = len(list((cache / "edits").glob("*/manifest.json")))
+    done = len(list((cache / "edits").glob("[!.]*/manifest.json")))
     assert 1 <= done < 3, done  # killed after the first clip, before the last
     again = subprocess.run(args, env=env, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, again.stderr

@@ -207,3 +207,67 @@ def test_configs_found_from_an_installed_wheel(tmp_path):
     )
     env = {**os.environ, "PYTHONPATH": str(site)}
     subprocess.run([sys.executable, "-c", code], check=True, env=env, cwd=tmp_path)
+
+
+@pytest.mark.parametrize("root", ["edit", "train", "app"])
+def test_yaml_defaults_are_the_schema_defaults(root):
+    """One source of defaults: the dataclasses. The YAML files the root configs pick
+    (conf/<root>.yaml and its default group options) restate them for readers, and composing
+    with no overrides gives exactly the schema's defaults (output_dir aside: each root's own)."""
+    from i2vedit.config import AppConfig, RunConfig
+
+    if root == "app":
+        from hydra import compose, initialize_config_module
+
+        with initialize_config_module("i2vedit.conf", version_base=None):
+            composed = compose("app")
+        schema = OmegaConf.structured(AppConfig)
+    else:
+        composed = (compose_edit if root == "edit" else compose_train)(["output_dir=x"])
+        schema = OmegaConf.structured(RunConfig)
+        schema.output_dir = "x"
+    assert OmegaConf.to_container(composed, resolve=True) == OmegaConf.to_container(
+        schema, resolve=True
+    )
+
+
+def test_model_options_are_the_registry_ones():
+    """Every conf/model option names the kind the registry files it under, and the registry
+    lists every option (the app's model choices)."""
+    from i2vedit.models.registry import KINDS, MODEL_OPTIONS
+
+    on_disk = {o for g, o in OPTIONS if g == "model"}
+    assert set(MODEL_OPTIONS) == on_disk and len(MODEL_OPTIONS) == len(on_disk)
+    for kind in KINDS.values():
+        for option in kind.options:
+            assert compose_edit([f"model={option}", "output_dir=x"]).model.kind == kind.name
+
+
+def test_validation_only_reads_the_config():
+    """The reference's use_consistency_attention_control=true means long_video=skip_interval,
+    read through long_video_mode: validating leaves the config as composed."""
+    from i2vedit.config import long_video_mode, validate_train_config
+
+    for validate in (validate_edit_config, validate_train_config):
+        cfg = compose_edit(["use_consistency_attention_control=true", "output_dir=x"])
+        before = OmegaConf.to_yaml(cfg)
+        validate(cfg)
+        assert OmegaConf.to_yaml(cfg) == before
+        assert cfg.long_video.mode == "autoregressive" and long_video_mode(cfg) == "skip_interval"
+    assert long_video_mode(compose_edit(["long_video=skip_interval", "output_dir=x"])) == (
+        "skip_interval"
+    )
+    assert long_video_mode(compose_edit(["output_dir=x"])) == "autoregressive"
+
+
+def test_config_checks_load_no_model_code():
+    """The config layer and the model registry import neither torch nor diffusers nor any model
+    or sampling module (kinds load lazily); the toy and tiny builders do not import each other."""
+    code = (
+        "import sys, i2vedit.config, i2vedit.models.registry, i2vedit.models.toy;"
+        "heavy = [m for m in sys.modules if m.split('.')[0] in ('torch', 'diffusers', "
+        "'transformers') or m.startswith(('i2vedit.models.svd', 'i2vedit.models.tiny', "
+        "'i2vedit.core.edm', 'i2vedit.sampling', 'i2vedit.toy.items', 'i2vedit.toy.world'))];"
+        "assert not heavy, heavy"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)

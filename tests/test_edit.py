@@ -8,11 +8,14 @@ import pytest
 import torch
 from PIL import Image
 
+import i2vedit.runner as runner
 import i2vedit.tasks.edit as edit_task
 from i2vedit.attention.control import AttentionMatcher
 from i2vedit.data.video import read_video_frames
 from i2vedit.errors import InputError
 from i2vedit.tasks.edit import run_edit
+from i2vedit.tasks.inputs import read_inputs
+from i2vedit.tasks.plan import plan_table
 from tests.conftest import compose_edit, moving_square_frames
 
 
@@ -185,13 +188,13 @@ def test_edit_trains_a_missing_lora_first_then_reuses_it(
 
 def test_three_clips_chain_without_repeating_the_overlap(tiny_model, edit_overrides, monkeypatch):
     seen = []
-    original = edit_task.encode_condition
+    original = runner.encode_condition
 
     def spy(pipe, image, params, frames, generator, guided, latent=None):
         seen.append(latent is not None)
         return original(pipe, image, params, frames, generator, guided, latent)
 
-    monkeypatch.setattr(edit_task, "encode_condition", spy)
+    monkeypatch.setattr(runner, "encode_condition", spy)
     overrides = [o for o in edit_overrides if not o.startswith("data.end_clip_id")]
     # 12 fps up to 1.83 s: 22 sampled frames = 3 clips of 8 sharing 1 frame (0-7, 7-14, 14-21)
     cfg = compose_edit(
@@ -327,14 +330,10 @@ def test_every_sampled_frame_is_edited_once(end_t, ranges, tiny_model, edit_over
     expected = torch.from_numpy(moving_square_frames()[:frames]).float()
     assert len(source) == frames
     assert (source.float() - expected).abs().mean() < 6  # the sampled frames, in order, once
-    title, columns, rows, caption = edit_task.plan_table(cfg, result_inputs(cfg), result.plan)
+    title, columns, rows, caption = plan_table(cfg, read_inputs(cfg), result.plan)
     lengths = [row[columns.index("frames")] for row in rows]
     assert lengths == [str(len(r)) if len(r) == 8 else f"{len(r)} (short)" for r in ranges]
     assert caption.startswith(f"output: {frames} frames")
-
-
-def result_inputs(cfg):
-    return edit_task.read_inputs(cfg)
 
 
 def test_a_short_last_clip_with_skip_interval_attention(tiny_model, edit_overrides, monkeypatch):

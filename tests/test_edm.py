@@ -6,8 +6,8 @@ import math
 
 import torch
 
+from i2vedit.core.edm import Condition, euler_step, init_noise_sigma, precondition
 from i2vedit.inversion.edm import edm_invert, inversion_sigmas
-from i2vedit.sampling.edm import Condition, euler_step, init_noise_sigma, precondition
 
 
 def test_precondition_values():

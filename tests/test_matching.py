@@ -18,9 +18,8 @@ from i2vedit.attention.matching import (
     blend_mask,
     frame_thresholds,
     masked_attention_blend,
-    step_boundary,
-    temporal_uses_source,
 )
+from i2vedit.attention.schedule import MatchingSchedule, step_boundary, temporal_uses_source
 
 
 def test_masked_blend_two_tokens():
@@ -115,6 +114,63 @@ def test_temporal_schedule_table(num_steps, beta):
     assert [params.reads_records(step) for step in range(num_steps)] == [
         phase != "N" for phase in table
     ]
+
+
+@pytest.mark.parametrize(("num_steps", "beta"), list(SCHEDULES))
+@pytest.mark.parametrize("pairing", ["reference", "exact"])
+def test_matching_schedule_reproduces_the_table(num_steps, beta, pairing):
+    layers = _svd_temporal_layers()
+    spatial = AttentionLayer("s0", "down", SPATIAL, 0)
+    schedule = MatchingSchedule(num_steps, beta, pairing=pairing)
+    table = SCHEDULES[(num_steps, beta)]
+    low = {layer.path for layer in layers if not is_high_resolution(layer)}
+    expected = {"A": {layer.path for layer in layers}, "L": low, "N": set()}
+    for step, phase in enumerate(table):
+        assert {layer.path for layer in layers if schedule.matches(layer, step)} == expected[phase]
+        assert schedule.matches(spatial, step) and schedule.reads_records(step)
+        assert schedule.record_index(step) == num_steps - step - (pairing == "reference")
+    assert not schedule.matches(spatial, num_steps) and not schedule.reads_records(num_steps)
+    no_spatial = MatchingSchedule(num_steps, beta, spatial=0.0, pairing=pairing)
+    assert [no_spatial.reads_records(step) for step in range(num_steps)] == [
+        phase != "N" for phase in table
+    ]
+    assert not any(no_spatial.matches(spatial, step) for step in range(num_steps))
+
+
+def _reference_rule(layer, step, num_steps, beta, spatial, temporal) -> bool:
+    # the reference's rule written out once more with plain int() boundaries
+    if layer.kind == SPATIAL:
+        return step < int(spatial * num_steps)
+    if step >= int(temporal * num_steps) or step >= int(beta[1] * num_steps):
+        return False
+    return step < int(beta[0] * num_steps) or not is_high_resolution(layer)
+
+
+@pytest.mark.parametrize("num_steps", [14, 25, 50])
+@pytest.mark.parametrize("beta", [(0.5, 0.8), (0.8, 0.9), (0.4, 0.5)])
+@pytest.mark.parametrize("fraction", [1.0, 0.58])
+def test_matching_schedule_follows_the_reference_rule(num_steps, beta, fraction):
+    layers = [*_svd_temporal_layers(), AttentionLayer("s0", "up", SPATIAL, 3)]
+    for spatial, temporal in [(fraction, 1.0), (1.0, fraction), (fraction, fraction)]:
+        schedule = MatchingSchedule(num_steps, beta, spatial, temporal)
+        params = MatchingParams(
+            num_steps=num_steps, beta=beta, spatial_steps=spatial, temporal_steps=temporal
+        )
+        assert params.schedule == schedule
+        for step in range(num_steps + 1):
+            rule = [
+                _reference_rule(lay, step, num_steps, beta, spatial, temporal) for lay in layers
+            ]
+            assert [schedule.matches(layer, step) for layer in layers] == rule, (step, spatial)
+            assert schedule.reads_records(step) == any(rule) == params.reads_records(step)
+            for layer in layers:
+                if layer.kind == TEMPORAL:
+                    assert schedule.takes_source(layer, step) == temporal_uses_source(
+                        layer, step, num_steps, beta
+                    )
+    # the truncation at its sharpest: 0.58 * 50 is 28.999..., so step 28 is already past it
+    if (num_steps, fraction) == (50, 0.58):
+        assert MatchingSchedule(50, beta, 0.58, 0.58).spatial_end == 28
 
 
 def test_step_boundaries_truncate_like_the_reference():

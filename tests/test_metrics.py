@@ -17,6 +17,7 @@ from PIL import Image
 from i2vedit import metrics as M
 from i2vedit.data.video import write_video
 from i2vedit.errors import InputError
+from i2vedit.files import write_json
 
 EVAL = Path(sys.executable).parent / "i2vedit-eval"
 
@@ -181,7 +182,7 @@ def test_evaluate_all_metrics_and_json(tmp_path: Path, caplog: pytest.LogCapture
     alone = M.evaluate(edited)
     assert set(alone) == {"frames", "flow_method", "warping_error"}
 
-    path = M.write_metrics(tmp_path / "m.json", {**result, "nothing": float("nan")})
+    path = write_json(tmp_path / "m.json", {**result, "nothing": float("nan")})
     loaded = json.loads(path.read_text())
     assert loaded["nothing"] is None and loaded["first_frame_psnr"] == 100.0
     assert [p.name for p in tmp_path.iterdir()] == ["m.json"]

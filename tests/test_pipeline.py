@@ -16,9 +16,7 @@ from i2vedit.attention.control import (
     controlled_attention,
 )
 from i2vedit.attention.store import MemoryStore
-from i2vedit.data.resize import to_model_frames
-from i2vedit.inversion.edm import edm_invert
-from i2vedit.sampling.edm import (
+from i2vedit.core.edm import (
     ConditioningParams,
     decode_video,
     encode_condition,
@@ -26,6 +24,8 @@ from i2vedit.sampling.edm import (
     guidance_scales,
     karras_sigmas,
 )
+from i2vedit.data.resize import to_model_frames
+from i2vedit.inversion.edm import edm_invert
 from i2vedit.sampling.sampler import sample
 
 log = logging.getLogger(__name__)

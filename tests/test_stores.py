@@ -15,17 +15,18 @@ from i2vedit.attention.matching import (
     masked_attention_blend,
 )
 from i2vedit.attention.store import DiskStore, MemoryStore, RecordError, step_file
+from i2vedit.core.edm import ConditioningParams, encode_condition, karras_sigmas
 from i2vedit.data.resize import ResolutionPlan, to_model_frames
 from i2vedit.data.video import read_video_frames
-from i2vedit.sampling.edm import ConditioningParams, encode_condition, karras_sigmas
-from i2vedit.tasks.edit import (
-    _generator,
+from i2vedit.runner import (
     choose_store,
     edit_clip,
-    invert_source,
-    read_inputs,
-    run_edit,
+    invert_clip,
+    matching_params,
+    seeded_generator,
 )
+from i2vedit.tasks.edit import run_edit
+from i2vedit.tasks.inputs import read_inputs
 from tests.conftest import compose_edit
 
 
@@ -51,15 +52,16 @@ def _edit_latents(cfg, model, backend, tmp_path):
     frames = plan.forward(to_model_frames(clip.frames))
     sigmas = karras_sigmas(model.pipe, cfg.num_steps)
     with torch.inference_mode():
-        source = invert_source(cfg, model, frames, sigmas, {}, backend=backend)
+        source = invert_clip(cfg, model, frames, sigmas, {}, backend=backend)
         key = inputs.keyframes[0]
         image = plan.forward(to_model_frames(key.image[None]))
         cond = encode_condition(
-            model.pipe, image, ConditioningParams(**cfg.conditioning), 8, _generator(0), True
+            model.pipe, image, ConditioningParams(**cfg.conditioning), 8, seeded_generator(0), True
         )
         scale = model.pipe.vae_scale_factor
         shape = (1, 8, 4, target[0] // scale, target[1] // scale)
-        latents = edit_clip(cfg, model, key, cond, source, sigmas, shape, "edit")
+        matching = matching_params(cfg, key.beta, key.mask_thr)
+        latents = edit_clip(cfg, model, matching, cond, source, sigmas, shape, "edit")
     source.close()
     return latents, source.store
 

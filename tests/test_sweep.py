@@ -91,6 +91,8 @@ def test_beta_sweep_reuses_one_inversion_and_reports(beta_sweep, keyframe):
     )
 
 
+# ~80 s (a joblib sweep of two subprocess jobs), kept in the fast tier: it is the one check
+# that parallel jobs of a real sweep share their work
 def test_parallel_jobs_compute_the_inversion_once(source_video, keyframe, tmp_path):
     """Under a parallel launcher both jobs want the same inversion at once: one computes it,
     the other waits for it and loads it (one inversion and two edits in all, not 2 + 2)."""

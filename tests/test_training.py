@@ -9,11 +9,8 @@ import lightning as L
 import pytest
 import torch
 
-from i2vedit.models.svd import build_tiny_pipeline
-from i2vedit.sampling.edm import ConditioningParams, encode_condition, encode_video
-from i2vedit.tasks.source import Clip
-from i2vedit.tasks.train import train_clip
-from i2vedit.training.lora import (
+from i2vedit.core.edm import ConditioningParams, encode_condition, encode_video
+from i2vedit.core.lora import (
     load_lora,
     lora_state_dict,
     motion_lora_config,
@@ -21,6 +18,9 @@ from i2vedit.training.lora import (
     save_lora,
     temporal_linear_layers,
 )
+from i2vedit.models.tiny import build_tiny_pipeline
+from i2vedit.tasks.source import Clip
+from i2vedit.tasks.train import train_clip
 from i2vedit.training.loss import cosine_interpolated_sigma, edm_loss
 from i2vedit.training.module import MotionLoRAModule, OneClipDataModule, checkpoint_steps
 from tests.conftest import compose_edit, moving_square_frames

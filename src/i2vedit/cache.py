@@ -16,13 +16,13 @@ import logging
 import os
 import shutil
 import socket
-import tempfile
 import threading
 import time
 import uuid
 from pathlib import Path
 from typing import Any
 
+from i2vedit.files import temp_beside, write_json
 from i2vedit.progress import report_step
 
 MANIFEST = "manifest.json"
@@ -71,7 +71,6 @@ def write_manifest(folder: Path, kind: str, inputs: dict[str, Any]) -> None:
     path = folder / MANIFEST
     if path.is_file():
         return
-    folder.mkdir(parents=True, exist_ok=True)
     record = {
         "kind": kind,
         "key": key_of(inputs),
@@ -79,10 +78,7 @@ def write_manifest(folder: Path, kind: str, inputs: dict[str, Any]) -> None:
         "files": {},
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
-    fd, tmp = tempfile.mkstemp(prefix=f".{MANIFEST}.", dir=folder)
-    with os.fdopen(fd, "w") as f:
-        json.dump(record, f, indent=2, default=str)
-    os.replace(tmp, path)
+    write_json(path, record, default=str)
 
 
 def file_sha256(path: Path) -> str:
@@ -343,8 +339,7 @@ class TensorEntry:
     def stage(self) -> Path:
         """A new temporary folder beside the entry, for files written before ``save`` (which
         then adds them to the manifest and renames the folder into place)."""
-        self.folder.parent.mkdir(parents=True, exist_ok=True)
-        return Path(tempfile.mkdtemp(prefix=f".{self.folder.name}.tmp-", dir=self.folder.parent))
+        return temp_beside(self.folder, folder=True)
 
     def save(
         self,
@@ -381,7 +376,7 @@ class TensorEntry:
                     timespec="seconds"
                 ),
             }
-            (tmp / MANIFEST).write_text(json.dumps(record, indent=2, default=str))
+            write_json(tmp / MANIFEST, record, default=str)
             self.drop()
             try:
                 os.replace(tmp, self.folder)

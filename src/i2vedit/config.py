@@ -1,5 +1,13 @@
-"""Typed config schemas (registered in Hydra's ConfigStore) and the cross-field checks that run
-before any model loads."""
+"""Typed config schemas (registered in Hydra's ConfigStore), each group's checks beside its
+schema, the cross-field rules in one place, and the two validations that run before any model
+loads (``validate_edit_config``, ``validate_train_config``: lists of those checks).
+
+Validation only reads: it never changes the config. The one alias, the reference's
+``use_consistency_attention_control``, is read through ``long_video_mode``.
+
+The dataclass defaults are the defaults: the group options that the root configs pick
+(``conf/<group>/<default>.yaml``) restate them for readers, and a test keeps the two equal.
+"""
 
 from __future__ import annotations
 
@@ -14,9 +22,72 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 from omegaconf import II, MISSING, DictConfig, OmegaConf
 
+from i2vedit.core.conditioning import ConditioningParams
 from i2vedit.errors import InputError
-from i2vedit.models.svd import check_model_path
-from i2vedit.sampling.edm import ConditioningParams
+from i2vedit.metrics_spec import FLOW_METHODS
+from i2vedit.models.registry import model_kind
+from i2vedit.toy.cases import parse_case
+
+# --------------------------------------------------------------------------- check helpers
+
+
+def _listed(choices: tuple[str, ...]) -> str:
+    """``a, b or c``."""
+    *rest, last = choices
+    return f"{', '.join(rest)} or {last}" if rest else last
+
+
+def _one_of(key: str, value: Any, choices: tuple[str, ...], listed: str | None = None) -> None:
+    if value not in choices:
+        raise InputError(key, value, f"expected {listed or _listed(choices)}")
+
+
+def _pair(
+    cfg: Any, key: str, lo: float = 0.0, hi: float = 1.0, ordered: bool = False
+) -> tuple[float, float]:
+    value = OmegaConf.select(cfg, key) if isinstance(cfg, DictConfig) else cfg
+    shown = list(value) if value is not None else value
+    if value is None or len(value) != 2:
+        raise InputError(key, shown, "expected two numbers [first, second]")
+    a, b = (float(v) for v in value)
+    if not (lo <= a <= hi and lo <= b <= hi) or any(math.isnan(x) for x in (a, b)):
+        raise InputError(key, shown, f"values must lie in [{lo:g}, {hi:g}]")
+    if ordered and a > b:
+        raise InputError(key, shown, "expected first <= second")
+    return a, b
+
+
+def _positive(cfg: DictConfig, key: str) -> None:
+    value = OmegaConf.select(cfg, key)
+    if value is None or not value > 0:
+        raise InputError(key, value, "must be > 0")
+
+
+def _at_least(cfg: DictConfig, key: str, low: float) -> None:
+    value = OmegaConf.select(cfg, key)
+    if not value >= low:
+        raise InputError(key, value, f"must be >= {low:g}")
+
+
+def _fraction(cfg: DictConfig, key: str) -> None:
+    value = OmegaConf.select(cfg, key)
+    if not 0 <= value <= 1:
+        raise InputError(key, value, "must lie in [0, 1]")
+
+
+def _resolution(cfg: DictConfig, key: str) -> None:
+    res = list(OmegaConf.select(cfg, key))
+    if len(res) != 2 or any(int(v) <= 0 or int(v) % 8 for v in res):
+        raise InputError(key, res, "expected [height, width], positive multiples of 8")
+
+
+def _existing_file(key: str, path: str) -> None:
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise InputError(key, path, "file not found")
+
+
+# --------------------------------------------------------------------------- data
 
 
 @dataclass
@@ -42,10 +113,73 @@ class DataConfig:
     toy_frames: int = 8  #: frames of the toy case's video
 
 
+def is_demo(cfg: DictConfig) -> bool:
+    """No video, no keyframes and no toy case given: run the embedded demo item."""
+    data = cfg.data
+    return data.video_path is None and data.keyframe_paths is None and data.toy_case is None
+
+
+def generated_source(cfg: DictConfig) -> bool:
+    """The source and its edited first frame are generated (the demo, or a toy case)."""
+    return is_demo(cfg) or cfg.data.toy_case is not None
+
+
+def check_data(cfg: DictConfig) -> None:
+    """The source video's sampling, clips and files (no decoding)."""
+    data = cfg.data
+    for key in ("data.sample_fps", "data.folder_fps"):
+        _positive(cfg, key)
+    if data.output_fps is not None:
+        _positive(cfg, "data.output_fps")
+    if data.start_t < 0:
+        raise InputError("data.start_t", data.start_t, "must be >= 0")
+    if data.end_t is not None and data.end_t <= data.start_t:
+        raise InputError("data.end_t", data.end_t, f"must be > data.start_t={data.start_t}")
+    if data.chunk_size < 2:
+        raise InputError("data.chunk_size", data.chunk_size, "must be >= 2")
+    if not 0 <= data.overlay_size < data.chunk_size:
+        raise InputError(
+            "data.overlay_size",
+            data.overlay_size,
+            f"must be in [0, data.chunk_size={data.chunk_size})",
+        )
+    if data.begin_clip_id < 0:
+        raise InputError("data.begin_clip_id", data.begin_clip_id, "must be >= 0")
+    if data.end_clip_id is not None and data.end_clip_id < data.begin_clip_id:
+        raise InputError(
+            "data.end_clip_id",
+            data.end_clip_id,
+            f"must be >= data.begin_clip_id={data.begin_clip_id}",
+        )
+    _resolution(cfg, "data.output_res")
+    if data.toy_case is not None:
+        parse_case(data.toy_case)
+        if data.video_path is not None or data.keyframe_paths is not None:
+            raise InputError(
+                "data.toy_case",
+                data.toy_case,
+                "a toy case brings its own video and edited first frame: unset "
+                "data.video_path and data.keyframe_paths",
+            )
+        if data.toy_frames < 2:
+            raise InputError("data.toy_frames", data.toy_frames, "must be >= 2")
+    if not generated_source(cfg):
+        if data.video_path is None:
+            raise InputError(
+                "data.video_path", None, "give the source video (file or image folder)"
+            )
+        _existing_file("data.video_path", data.video_path)
+    for path in data.keyframe_paths or []:
+        _existing_file("data.keyframe_paths", path)
+
+
+# --------------------------------------------------------------------------- model
+
+
 @dataclass
 class ModelConfig:
-    #: tiny (seeded random SVD), toy (the shipped model trained on the toy world) or
-    #: pretrained (a diffusers folder / hub id)
+    #: a kind of i2vedit.models.registry: tiny (seeded random SVD), toy (the shipped model
+    #: trained on the toy world) or pretrained (a diffusers folder / hub id)
     kind: str = "tiny"
     path: str | None = None
     variant: str | None = None  #: e.g. fp16, for hub folders that ship such weights
@@ -56,6 +190,29 @@ class ModelConfig:
     decode_chunk_size: int = 8
 
 
+def check_model(cfg: DictConfig) -> None:
+    """A known kind whose weights are there (its registry check; nothing loads)."""
+    model_kind(cfg.model.kind).check(cfg.model.path)
+    _positive(cfg, "model.decode_chunk_size")
+
+
+# --------------------------------------------------------------------------- conditioning
+# the schema is ConditioningParams (i2vedit.core.conditioning), shared with the EDM maths
+
+
+def check_conditioning(cfg: DictConfig) -> None:
+    _positive(cfg, "conditioning.fps")
+    if not 0 <= cfg.conditioning.noise_aug_strength <= 1:
+        raise InputError(
+            "conditioning.noise_aug_strength",
+            cfg.conditioning.noise_aug_strength,
+            "must lie in [0, 1]",
+        )
+
+
+# --------------------------------------------------------------------------- sarp
+
+
 @dataclass
 class SarpConfig:
     enabled: bool = True
@@ -63,9 +220,27 @@ class SarpConfig:
     threshold: float = 0.001
 
 
+def check_sarp(cfg: DictConfig) -> None:
+    if cfg.sarp.enabled:
+        _at_least(cfg, "sarp.noise_scale", 0)
+        _at_least(cfg, "sarp.threshold", 0)
+
+
+# --------------------------------------------------------------------------- inversion
+
+INVERSION_METHODS = ("edm", "none")
+
+
 @dataclass
 class InversionConfig:
     method: str = "edm"  #: edm, or none (start from seeded Gaussian noise)
+
+
+def check_inversion(cfg: DictConfig) -> None:
+    _one_of("inversion.method", cfg.inversion.method, INVERSION_METHODS)
+
+
+# --------------------------------------------------------------------------- attention_matching
 
 
 @dataclass
@@ -77,6 +252,7 @@ class EditParams:
 
 
 STORES = ("auto", "memory", "disk", "recompute")
+PAIRINGS = ("reference", "exact")
 
 
 @dataclass
@@ -96,6 +272,24 @@ class AttentionMatchingConfig:
     #: and that auto wants beyond one step's records before it picks recompute
     memory_reserve_gb: float = 8.0
     per_edit: list[EditParams] = field(default_factory=list)  #: one entry per keyframe, in order
+
+
+def check_attention_matching(cfg: DictConfig) -> None:
+    """The group's own values (its per-edit sets are checked with the keyframes they follow:
+    ``cross_field_checks``)."""
+    am = cfg.attention_matching
+    _one_of("attention_matching.pairing", am.pairing, PAIRINGS)
+    _one_of("attention_matching.store", am.store, STORES, ", ".join(STORES))
+    _at_least(cfg, "attention_matching.query_block_size", 1)
+    _at_least(cfg, "attention_matching.memory_reserve_gb", 0)
+    _pair(cfg, "attention_matching.beta", ordered=True)
+    _pair(cfg, "attention_matching.mask_thr")
+    _fraction(cfg, "attention_matching.spatial_self_replace_steps")
+    _fraction(cfg, "attention_matching.temporal_self_replace_steps")
+    _at_least(cfg, "attention_matching.spatial_attention_chunk_size", 1)
+
+
+# --------------------------------------------------------------------------- lora
 
 
 @dataclass
@@ -121,6 +315,28 @@ class LoraSchema:
     preview_steps: int = 10  #: Euler steps of a preview
 
 
+def check_lora(cfg: DictConfig) -> None:
+    lora = cfg.lora
+    for key in ("lora.rank", "lora.alpha", "lora.lr", "lora.max_steps", "lora.checkpoint_every"):
+        _positive(cfg, key)
+    if not 0 <= lora.dropout < 1:
+        raise InputError("lora.dropout", lora.dropout, "must lie in [0, 1)")
+    if lora.weight_decay < 0:
+        raise InputError("lora.weight_decay", lora.weight_decay, "must be >= 0")
+    _at_least(cfg, "lora.accumulate_grad_batches", 1)
+    _at_least(cfg, "lora.preview_every", 0)
+    if lora.preview_every:
+        _at_least(cfg, "lora.preview_steps", 2)
+    _resolution(cfg, "lora.resolution")
+    if lora.checkpoint is not None and lora.checkpoint <= 0:
+        raise InputError("lora.checkpoint", lora.checkpoint, "must be a positive step")
+
+
+# --------------------------------------------------------------------------- trainer
+
+PRECISIONS = ("auto", "32", "bf16-mixed", "16-mixed")
+
+
 @dataclass
 class TrainerSchema:
     """Lightning Trainer settings: where and how training runs."""
@@ -133,11 +349,23 @@ class TrainerSchema:
     log_every_n_steps: int = 1
 
 
+def check_trainer(cfg: DictConfig) -> None:
+    _one_of("trainer.precision", cfg.trainer.precision, PRECISIONS)
+
+
+# --------------------------------------------------------------------------- paths
+
+
 @dataclass
 class PathsConfig:
     cache_dir: str = "${oc.env:I2VEDIT_CACHE_DIR,'~/.cache/i2vedit'}"
     #: inversions whose attention records exceed this are recomputed instead of cached
     max_cached_records_gb: float = 8.0
+
+
+# --------------------------------------------------------------------------- long_video
+
+LONG_VIDEO_MODES = ("autoregressive", "skip_interval")
 
 
 @dataclass
@@ -151,7 +379,17 @@ class LongVideoConfig:
     load_from_last_frames_latents: list[str] | None = None
 
 
-FLOW_METHODS = ("auto", "farneback", "raft")
+def long_video_mode(cfg: DictConfig) -> str:
+    """``long_video.mode``, with the reference's ``use_consistency_attention_control=true`` read
+    as ``skip_interval`` (its name for the same thing). Every reader of the mode asks here."""
+    return "skip_interval" if cfg.use_consistency_attention_control else cfg.long_video.mode
+
+
+def check_long_video(cfg: DictConfig) -> None:
+    _one_of("long_video.mode", long_video_mode(cfg), LONG_VIDEO_MODES)
+
+
+# --------------------------------------------------------------------------- metrics
 
 
 @dataclass
@@ -166,6 +404,24 @@ class MetricsConfig:
     #: mean |RGB difference| / 255 above which a pixel of the edited first frame counts as
     #: edited (the mask outside which preservation is measured)
     mask_threshold: float = 0.1
+
+
+def check_metrics(cfg: DictConfig) -> None:
+    metrics = cfg.metrics
+    _one_of("metrics.flow", metrics.flow, FLOW_METHODS, ", ".join(FLOW_METHODS))
+    if not 0 <= metrics.mask_threshold < 1:
+        raise InputError("metrics.mask_threshold", metrics.mask_threshold, "must be in [0, 1)")
+    if not metrics.enabled:
+        return
+    if metrics.clip_path is not None and not Path(metrics.clip_path).expanduser().is_dir():
+        raise InputError("metrics.clip_path", metrics.clip_path, "folder not found")
+    if metrics.raft_weights is not None:
+        _existing_file("metrics.raft_weights", metrics.raft_weights)
+    elif metrics.flow == "raft":
+        raise InputError("metrics.raft_weights", None, "metrics.flow=raft needs local weights")
+
+
+# --------------------------------------------------------------------------- the root
 
 
 @dataclass
@@ -194,12 +450,98 @@ class RunConfig:
     name: str | None = None
     #: chaining of clips; skip-interval attention applies in training and editing alike
     long_video: LongVideoConfig = field(default_factory=LongVideoConfig)
-    #: the reference's name for long_video=skip_interval
+    #: the reference's name for long_video=skip_interval (read through long_video_mode)
     use_consistency_attention_control: bool = False
 
 
 #: the schemas of conf/train.yaml (train_schema) and conf/edit.yaml (edit_schema): the same keys
 TrainConfig = EditConfig = RunConfig
+
+
+def check_num_steps(cfg: DictConfig) -> None:
+    _at_least(cfg, "num_steps", 2)
+
+
+def num_edited_frames(cfg: DictConfig) -> int:
+    """The edited first frames of an edit: one for a generated source (the demo, a toy case),
+    else one per ``data.keyframe_paths`` entry."""
+    return 1 if generated_source(cfg) else len(cfg.data.keyframe_paths or [])
+
+
+def cross_field_checks(cfg: DictConfig, editing: bool) -> None:
+    """The rules that tie groups together (each group's own values are checked beside its
+    schema). Training reads none of them: it ignores matching, per-edit sets and continuing."""
+    if not editing:
+        return
+    data, am = cfg.data, cfg.attention_matching
+    if cfg.long_video.load_from_last_frames_latents and data.begin_clip_id == 0:
+        raise InputError(
+            "long_video.load_from_last_frames_latents",
+            list(cfg.long_video.load_from_last_frames_latents),
+            "continuing needs data.begin_clip_id > 0 (the clip after the saved one)",
+        )
+    if am.enabled and cfg.inversion.method != "edm":
+        raise InputError(
+            "attention_matching.enabled",
+            True,
+            "attention matching needs inversion=edm (inversion.method=none)",
+        )
+    if not generated_source(cfg):
+        keyframes = list(data.keyframe_paths or [])
+        if not keyframes:
+            raise InputError(
+                "data.keyframe_paths", data.keyframe_paths, "give at least one edited first frame"
+            )
+        stems = [Path(p).stem for p in keyframes]
+        if len(set(stems)) != len(stems):
+            raise InputError(
+                "data.keyframe_paths",
+                keyframes,
+                "keyframe file names must differ (outputs are named after them)",
+            )
+    num_keyframes = num_edited_frames(cfg)
+    if len(am.per_edit) > num_keyframes:
+        raise InputError(
+            "attention_matching.per_edit",
+            len(am.per_edit),
+            f"more per-edit parameter sets than keyframes ({num_keyframes})",
+        )
+    for i, params in enumerate(am.per_edit):
+        if params.beta is not None:
+            _pair(params.beta, f"attention_matching.per_edit[{i}].beta", ordered=True)
+        if params.mask_thr is not None:
+            _pair(params.mask_thr, f"attention_matching.per_edit[{i}].mask_thr")
+
+
+def validate_train_config(cfg: DictConfig) -> None:
+    """Checks of ``i2vedit-train`` that need no decoding and no model; reads, never writes."""
+    check_long_video(cfg)
+    check_model(cfg)
+    check_conditioning(cfg)
+    check_data(cfg)
+    check_lora(cfg)
+    check_trainer(cfg)
+    cross_field_checks(cfg, editing=False)
+
+
+def validate_edit_config(cfg: DictConfig) -> None:
+    """Every check that needs no decoding and no model: raises InputError naming key and value;
+    reads, never writes."""
+    check_inversion(cfg)
+    check_long_video(cfg)
+    check_attention_matching(cfg)
+    check_num_steps(cfg)
+    check_metrics(cfg)
+    check_sarp(cfg)
+    check_model(cfg)
+    check_conditioning(cfg)
+    check_data(cfg)
+    check_lora(cfg)
+    check_trainer(cfg)
+    cross_field_checks(cfg, editing=True)
+
+
+# --------------------------------------------------------------------------- the app
 
 
 @dataclass
@@ -221,10 +563,14 @@ class AppConfig:
     work_dir: str | None = None
     keep_jobs: int = 8  #: finished jobs whose files stay downloadable (older ones are removed)
     queue_size: int = 32  #: jobs that may wait; later submissions are refused
-    default_model: str = "toy"  #: the page's model: tiny, toy, svd or svd_xt
+    #: the page's model: a conf/model option (registry.MODEL_OPTIONS: tiny, toy, svd, svd_xt)
+    default_model: str = "toy"
     default_model_path: str | None = None  #: svd/svd_xt: a folder or hub id (None: the group's)
     #: Hydra overrides of the edit config that every job gets (e.g. [metrics=off, num_steps=10])
     edit_overrides: list[str] = field(default_factory=list)
+
+
+# --------------------------------------------------------------------------- registration
 
 
 def job_dir(prefix: str) -> str:
@@ -327,261 +673,3 @@ def _added_keys(cfg: DictConfig, prefix: str = "") -> list[str]:
         elif node is not None:
             added += _added_keys(node, f"{prefix}{key}.")
     return added
-
-
-# --------------------------------------------------------------------------- checks
-
-
-def _pair(
-    cfg: Any, key: str, lo: float = 0.0, hi: float = 1.0, ordered: bool = False
-) -> tuple[float, float]:
-    value = OmegaConf.select(cfg, key) if isinstance(cfg, DictConfig) else cfg
-    shown = list(value) if value is not None else value
-    if value is None or len(value) != 2:
-        raise InputError(key, shown, "expected two numbers [first, second]")
-    a, b = (float(v) for v in value)
-    if not (lo <= a <= hi and lo <= b <= hi) or any(math.isnan(x) for x in (a, b)):
-        raise InputError(key, shown, f"values must lie in [{lo:g}, {hi:g}]")
-    if ordered and a > b:
-        raise InputError(key, shown, "expected first <= second")
-    return a, b
-
-
-def _positive(cfg: DictConfig, key: str) -> None:
-    value = OmegaConf.select(cfg, key)
-    if value is None or not value > 0:
-        raise InputError(key, value, "must be > 0")
-
-
-def is_demo(cfg: DictConfig) -> bool:
-    """No video, no keyframes and no toy case given: run the embedded demo item."""
-    data = cfg.data
-    return data.video_path is None and data.keyframe_paths is None and data.toy_case is None
-
-
-def generated_source(cfg: DictConfig) -> bool:
-    """The source and its edited first frame are generated (the demo, or a toy case)."""
-    return is_demo(cfg) or cfg.data.toy_case is not None
-
-
-def _existing_file(key: str, path: str) -> None:
-    p = Path(path).expanduser()
-    if not p.exists():
-        raise InputError(key, path, "file not found")
-
-
-def _validate_source(cfg: DictConfig) -> None:
-    """Checks shared by edit and train: model, conditioning, data (no decoding)."""
-    data = cfg.data
-    if cfg.model.kind not in ("tiny", "toy", "pretrained"):
-        raise InputError("model.kind", cfg.model.kind, "expected tiny, toy or pretrained")
-    if cfg.model.kind == "toy":
-        from i2vedit.models.toy import check_toy_weights
-
-        check_toy_weights()
-    for key in (
-        "data.sample_fps",
-        "data.folder_fps",
-        "conditioning.fps",
-        "model.decode_chunk_size",
-    ):
-        _positive(cfg, key)
-    if data.output_fps is not None:
-        _positive(cfg, "data.output_fps")
-    if data.start_t < 0:
-        raise InputError("data.start_t", data.start_t, "must be >= 0")
-    if data.end_t is not None and data.end_t <= data.start_t:
-        raise InputError("data.end_t", data.end_t, f"must be > data.start_t={data.start_t}")
-    if data.chunk_size < 2:
-        raise InputError("data.chunk_size", data.chunk_size, "must be >= 2")
-    if not 0 <= data.overlay_size < data.chunk_size:
-        raise InputError(
-            "data.overlay_size",
-            data.overlay_size,
-            f"must be in [0, data.chunk_size={data.chunk_size})",
-        )
-    if data.begin_clip_id < 0:
-        raise InputError("data.begin_clip_id", data.begin_clip_id, "must be >= 0")
-    if data.end_clip_id is not None:
-        if data.end_clip_id < data.begin_clip_id:
-            raise InputError(
-                "data.end_clip_id",
-                data.end_clip_id,
-                f"must be >= data.begin_clip_id={data.begin_clip_id}",
-            )
-    _resolution(cfg, "data.output_res")
-    if not 0 <= cfg.conditioning.noise_aug_strength <= 1:
-        raise InputError(
-            "conditioning.noise_aug_strength",
-            cfg.conditioning.noise_aug_strength,
-            "must lie in [0, 1]",
-        )
-    if cfg.model.kind == "pretrained":
-        check_model_path(cfg.model.path or "")
-    if data.toy_case is not None:
-        from i2vedit.toy.items import parse_case
-
-        parse_case(data.toy_case)
-        if data.video_path is not None or data.keyframe_paths is not None:
-            raise InputError(
-                "data.toy_case",
-                data.toy_case,
-                "a toy case brings its own video and edited first frame: unset "
-                "data.video_path and data.keyframe_paths",
-            )
-        if data.toy_frames < 2:
-            raise InputError("data.toy_frames", data.toy_frames, "must be >= 2")
-    if not generated_source(cfg):
-        if data.video_path is None:
-            raise InputError(
-                "data.video_path", None, "give the source video (file or image folder)"
-            )
-        _existing_file("data.video_path", data.video_path)
-
-
-def _resolution(cfg: DictConfig, key: str) -> None:
-    res = list(OmegaConf.select(cfg, key))
-    if len(res) != 2 or any(int(v) <= 0 or int(v) % 8 for v in res):
-        raise InputError(key, res, "expected [height, width], positive multiples of 8")
-
-
-def _validate_lora(cfg: DictConfig, training: bool) -> None:
-    lora = cfg.lora
-    for key in ("lora.rank", "lora.alpha", "lora.lr", "lora.max_steps", "lora.checkpoint_every"):
-        _positive(cfg, key)
-    if not 0 <= lora.dropout < 1:
-        raise InputError("lora.dropout", lora.dropout, "must lie in [0, 1)")
-    if lora.weight_decay < 0:
-        raise InputError("lora.weight_decay", lora.weight_decay, "must be >= 0")
-    if lora.accumulate_grad_batches < 1:
-        raise InputError(
-            "lora.accumulate_grad_batches", lora.accumulate_grad_batches, "must be >= 1"
-        )
-    if lora.preview_every < 0:
-        raise InputError("lora.preview_every", lora.preview_every, "must be >= 0")
-    if lora.preview_every and lora.preview_steps < 2:
-        raise InputError("lora.preview_steps", lora.preview_steps, "must be >= 2")
-    _resolution(cfg, "lora.resolution")
-    if cfg.trainer.precision not in ("auto", "32", "bf16-mixed", "16-mixed"):
-        raise InputError(
-            "trainer.precision", cfg.trainer.precision, "expected auto, 32, bf16-mixed or 16-mixed"
-        )
-    if lora.checkpoint is not None and lora.checkpoint <= 0:
-        raise InputError("lora.checkpoint", lora.checkpoint, "must be a positive step")
-
-
-def _validate_long_video(cfg: DictConfig) -> None:
-    if cfg.use_consistency_attention_control:
-        cfg.long_video.mode = "skip_interval"  # the reference's switch, same meaning
-    if cfg.long_video.mode not in ("autoregressive", "skip_interval"):
-        raise InputError(
-            "long_video.mode", cfg.long_video.mode, "expected autoregressive or skip_interval"
-        )
-
-
-def validate_train_config(cfg: DictConfig) -> None:
-    """Checks of ``i2vedit-train`` that need no decoding and no model."""
-    _validate_long_video(cfg)
-    _validate_source(cfg)
-    _validate_lora(cfg, training=True)
-    for path in cfg.data.keyframe_paths or []:
-        _existing_file("data.keyframe_paths", path)
-
-
-def _validate_metrics(metrics: DictConfig) -> None:
-    if metrics.flow not in FLOW_METHODS:
-        raise InputError("metrics.flow", metrics.flow, f"expected {', '.join(FLOW_METHODS)}")
-    if not 0 <= metrics.mask_threshold < 1:
-        raise InputError("metrics.mask_threshold", metrics.mask_threshold, "must be in [0, 1)")
-    if not metrics.enabled:
-        return
-    if metrics.clip_path is not None and not Path(metrics.clip_path).expanduser().is_dir():
-        raise InputError("metrics.clip_path", metrics.clip_path, "folder not found")
-    if metrics.raft_weights is not None:
-        _existing_file("metrics.raft_weights", metrics.raft_weights)
-    elif metrics.flow == "raft":
-        raise InputError("metrics.raft_weights", None, "metrics.flow=raft needs local weights")
-
-
-def validate_edit_config(cfg: DictConfig) -> None:
-    """Every check that needs no decoding and no model: raises InputError naming key and value."""
-    data, am = cfg.data, cfg.attention_matching
-    if cfg.inversion.method not in ("edm", "none"):
-        raise InputError("inversion.method", cfg.inversion.method, "expected edm or none")
-    _validate_long_video(cfg)
-    if cfg.long_video.load_from_last_frames_latents and cfg.data.begin_clip_id == 0:
-        raise InputError(
-            "long_video.load_from_last_frames_latents",
-            list(cfg.long_video.load_from_last_frames_latents),
-            "continuing needs data.begin_clip_id > 0 (the clip after the saved one)",
-        )
-    if am.pairing not in ("reference", "exact"):
-        raise InputError("attention_matching.pairing", am.pairing, "expected reference or exact")
-    if am.store not in STORES:
-        raise InputError("attention_matching.store", am.store, f"expected {', '.join(STORES)}")
-    if am.query_block_size < 1:
-        raise InputError("attention_matching.query_block_size", am.query_block_size, "must be >= 1")
-    if not am.memory_reserve_gb >= 0:
-        raise InputError(
-            "attention_matching.memory_reserve_gb", am.memory_reserve_gb, "must be >= 0"
-        )
-    if am.enabled and cfg.inversion.method != "edm":
-        raise InputError(
-            "attention_matching.enabled",
-            True,
-            "attention matching needs inversion=edm (inversion.method=none)",
-        )
-    if not cfg.num_steps >= 2:
-        raise InputError("num_steps", cfg.num_steps, "must be >= 2")
-    _validate_metrics(cfg.metrics)
-    if cfg.sarp.enabled:
-        if not cfg.sarp.noise_scale >= 0:
-            raise InputError("sarp.noise_scale", cfg.sarp.noise_scale, "must be >= 0")
-        if not cfg.sarp.threshold >= 0:
-            raise InputError("sarp.threshold", cfg.sarp.threshold, "must be >= 0")
-    _pair(cfg, "attention_matching.beta", ordered=True)
-    _pair(cfg, "attention_matching.mask_thr")
-    for key in (
-        "attention_matching.spatial_self_replace_steps",
-        "attention_matching.temporal_self_replace_steps",
-    ):
-        value = OmegaConf.select(cfg, key)
-        if not 0 <= value <= 1:
-            raise InputError(key, value, "must lie in [0, 1]")
-    if am.spatial_attention_chunk_size < 1:
-        raise InputError(
-            "attention_matching.spatial_attention_chunk_size",
-            am.spatial_attention_chunk_size,
-            "must be >= 1",
-        )
-    _validate_source(cfg)
-    _validate_lora(cfg, training=False)
-    if generated_source(cfg):
-        num_keyframes = 1  # the demo or a toy case: one source video, one edited first frame
-    else:
-        keyframes = list(data.keyframe_paths or [])
-        if not keyframes:
-            raise InputError(
-                "data.keyframe_paths", data.keyframe_paths, "give at least one edited first frame"
-            )
-        for path in keyframes:
-            _existing_file("data.keyframe_paths", path)
-        stems = [Path(p).stem for p in keyframes]
-        if len(set(stems)) != len(stems):
-            raise InputError(
-                "data.keyframe_paths",
-                keyframes,
-                "keyframe file names must differ (outputs are named after them)",
-            )
-        num_keyframes = len(keyframes)
-    if len(am.per_edit) > num_keyframes:
-        raise InputError(
-            "attention_matching.per_edit",
-            len(am.per_edit),
-            f"more per-edit parameter sets than keyframes ({num_keyframes})",
-        )
-    for i, params in enumerate(am.per_edit):
-        if params.beta is not None:
-            _pair(params.beta, f"attention_matching.per_edit[{i}].beta", ordered=True)
-        if params.mask_thr is not None:
-            _pair(params.mask_thr, f"attention_matching.per_edit[{i}].mask_thr")

@@ -13,6 +13,7 @@ from typing import Any
 from rich.table import Table
 
 from i2vedit.errors import EXIT_BAD_INPUT, InputError
+from i2vedit.metrics_spec import FLOW_METHODS
 from i2vedit.progress import CONSOLE, setup_logging
 
 #: How to read each metric: "higher" or "lower" is better.
@@ -51,7 +52,7 @@ def _parser() -> argparse.ArgumentParser:
         help="keyframe vs source first frame difference (0..1) that marks a pixel edited",
     )
     parser.add_argument("--clip-path", type=Path, help="local CLIP model folder (optional)")
-    parser.add_argument("--flow", choices=("auto", "farneback", "raft"), default="auto")
+    parser.add_argument("--flow", choices=FLOW_METHODS, default="auto")
     parser.add_argument(
         "--raft-weights", type=Path, help="torchvision RAFT state dict (.pth), local file"
     )
@@ -82,7 +83,8 @@ def run(argv: list[str] | None = None) -> int:
     """The command (console script ``i2vedit-eval``, whose wrapper passes the result to
     ``sys.exit``): 0 on success, ``EXIT_BAD_INPUT`` (2) on bad input with one ``error:`` line."""
     from i2vedit.data.video import load_image, read_video_frames
-    from i2vedit.metrics import evaluate, load_mask, write_metrics
+    from i2vedit.files import write_json
+    from i2vedit.metrics import evaluate, load_mask
 
     args = _parser().parse_args(argv)
     setup_logging()
@@ -118,7 +120,7 @@ def run(argv: list[str] | None = None) -> int:
         return EXIT_BAD_INPUT
     CONSOLE.print(_table(metrics, f"i2vedit-eval: {args.edited}"))
     if args.out is not None:
-        _say(f"wrote {write_metrics(args.out, metrics)}")
+        _say(f"wrote {write_json(args.out, metrics)}")
     return 0
 
 

@@ -5,7 +5,7 @@ Frames are uint8 RGB arrays or tensors of shape (N, H, W, 3), images (H, W, 3), 
 
 * :func:`psnr` on the 0..255 scale. Identical inputs give the cap ``PSNR_CAP_DB`` (100 dB)
   instead of infinity, so the numbers always stay valid JSON; an empty mask gives NaN
-  (written as ``null`` by :func:`write_metrics`).
+  (written as ``null`` by :func:`i2vedit.files.write_json`).
 * :func:`ssim`: SSIM of Wang et al. (2004), Gaussian window 11x11 with sigma 1.5,
   K1 = 0.01, K2 = 0.03, L = 255, over the 'valid' region (no padding), per channel, averaged.
 * :func:`optical_flow`: OpenCV Farneback with fixed parameters, or torchvision RAFT from a
@@ -17,8 +17,8 @@ Frames are uint8 RGB arrays or tensors of shape (N, H, W, 3), images (H, W, 3), 
 * :func:`edit_mask`, :func:`preservation_psnr`: how well the unedited region is kept.
 * :func:`clip_scores`: CLIP image-embedding similarity to the keyframe and between consecutive
   frames (CLIPScore scale, 100 * max(cos, 0)), from a local CLIP folder only.
-* :func:`evaluate` runs all of them that the given inputs allow; :func:`write_metrics` saves
-  the result as JSON.
+* :func:`evaluate` runs all of them that the given inputs allow;
+  :func:`i2vedit.files.write_json` saves the result as JSON.
 """
 
 from __future__ import annotations
@@ -27,7 +27,6 @@ import json
 import logging
 import math
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +36,7 @@ import torch
 from PIL import Image
 
 from i2vedit.errors import InputError
+from i2vedit.metrics_spec import FLOW_METHODS
 
 logger = logging.getLogger(__name__)
 
@@ -61,7 +61,6 @@ SSIM_K1 = 0.01
 SSIM_K2 = 0.03
 SSIM_L = 255.0
 
-FLOW_METHODS = ("auto", "farneback", "raft")
 #: Smallest frame side RAFT accepts; smaller frames are replicate-padded up to it.
 RAFT_MIN_SIZE = 128
 
@@ -617,38 +616,3 @@ def evaluate(
     if clip_path is not None:
         result.update(clip_scores(out, key if key is not None else out[0], clip_path))
     return result
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
-
-
-def write_metrics(path: str | os.PathLike[str], metrics: dict[str, Any]) -> Path:
-    """Write ``metrics`` as indented JSON, atomically (temporary file + ``os.replace``).
-
-    NaN and infinite values are written as ``null``.
-    """
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    text = json.dumps(_jsonable(metrics), indent=2, allow_nan=False) + "\n"
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.tmp-", dir=out.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.chmod(tmp, 0o644)  # mkstemp makes it private; a metrics file is not
-        os.replace(tmp, out)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    return out

@@ -27,8 +27,9 @@ from PIL import Image, ImageDraw, ImageFont
 from rich.table import Table
 
 from i2vedit.errors import EXIT_BAD_INPUT, InputError
+from i2vedit.files import write_bytes, write_json, write_text
+from i2vedit.outputs import RUN_NAME
 from i2vedit.progress import CONSOLE, setup_logging
-from i2vedit.tasks.edit import RUN_NAME
 
 log = logging.getLogger(__name__)
 
@@ -195,12 +196,6 @@ def _csv(rows: list[JobRow]) -> str:
     return buffer.getvalue()
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-
-
 def sheet_frame_indices(count: int, frames: int = SHEET_FRAMES) -> list[int]:
     """``frames`` indices spread evenly from the first frame to the last (repeats for short
     videos)."""
@@ -215,7 +210,7 @@ def contact_sheet(rows: list[JobRow], path: Path) -> Path | None:
     ``rows * (THUMB_HEIGHT + GAP) + GAP`` high, the source row included. None when no job
     has a video."""
     from i2vedit.data.video import read_video_frames
-    from i2vedit.tasks.edit import SOURCE_NAME
+    from i2vedit.outputs import SOURCE_NAME
 
     shown = [row for row in rows if row.video is not None and row.video.is_file()]
     if not shown:
@@ -251,7 +246,7 @@ def contact_sheet(rows: list[JobRow], path: Path) -> Path | None:
             sheet.paste(thumb, (LABEL_WIDTH + GAP + c * (cell_w + GAP), top))
     buffer = io.BytesIO()
     sheet.save(buffer, format="PNG")
-    _atomic_write(path, buffer.getvalue())
+    write_bytes(path, buffer.getvalue())
     return path
 
 
@@ -275,9 +270,9 @@ def write_report(sweep_dir: str | os.PathLike[str], show: bool = True) -> Report
     header, body = _table(rows)
     sheet = contact_sheet(rows, sweep / CONTACT_SHEET)
     md = sweep / REPORT_MD
-    _atomic_write(md, _markdown(sweep, header, body, sheet is not None).encode())
+    write_text(md, _markdown(sweep, header, body, sheet is not None))
     csv_path = sweep / REPORT_CSV
-    _atomic_write(csv_path, _csv(rows).encode())
+    write_text(csv_path, _csv(rows))
     if show:
         table = Table(title=f"sweep {sweep}: {len({r.job for r in rows})} job(s)")
         for column in header:
@@ -291,10 +286,8 @@ def write_report(sweep_dir: str | os.PathLike[str], show: bool = True) -> Report
 
 def record_failed_job(folder: Path, overrides: list[str], error: BaseException) -> Path:
     """The run record of a job that failed, so the report lists it with its reason."""
-    from i2vedit.metrics import write_metrics
-
     record = {"status": "failed", "overrides": overrides, "error": str(error).splitlines()[0]}
-    return write_metrics(folder / RUN_NAME, record)
+    return write_json(folder / RUN_NAME, record)
 
 
 class SweepReport(Callback):

@@ -23,14 +23,15 @@ from omegaconf import DictConfig, OmegaConf
 
 from i2vedit.data.video import load_image, probe_video, sample_video
 from i2vedit.errors import InputError
+from i2vedit.models.registry import MODEL_OPTIONS, model_kind
 from i2vedit.progress import StepListener, step_listener
 
 if TYPE_CHECKING:
-    from i2vedit.tasks.edit import PreparedEdit
+    from i2vedit.tasks.plan import PreparedEdit
 
 log = logging.getLogger(__name__)
 
-MODELS = ("tiny", "toy", "svd", "svd_xt")
+MODELS = MODEL_OPTIONS  #: the conf/model options a job may pick: tiny, toy, svd, svd_xt
 RERUN_NAME = "rerun.yaml"  #: the job's config, rerunnable with i2vedit-edit beside the inputs
 OUTPUT_DIR = "out"
 INPUT_DIR = "inputs"
@@ -347,7 +348,7 @@ class JobResult:
 def make_plan(cfg: DictConfig, max_frames: int) -> tuple[Plan, PreparedEdit]:
     """Check the request and plan it (no model loads); ``InputError`` on bad input. Returns
     the plan to show and the prepared edit that ``run_edit`` goes on from."""
-    from i2vedit.tasks.edit import plan_table, prepare_edit
+    from i2vedit.tasks.plan import plan_table, prepare_edit
 
     prepared = prepare_edit(cfg)
     sampled = prepared.inputs.source.num_sampled
@@ -422,7 +423,8 @@ class ModelSlots:
 
         m = cfg.model
         dtype = resolve_dtype(cfg.dtype, device)
-        key = (m.kind, m.path if m.kind == "pretrained" else None, m.seed, m.variant, dtype)
+        path = m.path if model_kind(m.kind).named_by_path else None  # else the path is unused
+        key = (m.kind, path, m.seed, m.variant, dtype)
         held = self.loaded.get(device)
         if held is not None and held[0] == key:
             log.info("model reused on %s", device)

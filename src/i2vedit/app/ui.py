@@ -40,6 +40,7 @@ from i2vedit.app.jobs import (
     run_job,
 )
 from i2vedit.errors import InputError
+from i2vedit.models.registry import path_options
 from i2vedit.progress import Cancelled
 from i2vedit.tasks.source import source_paths
 
@@ -456,7 +457,8 @@ def build_page(state: AppState) -> tuple[gr.Blocks, Page, gr.themes.Base]:
                     label="model",
                 )
                 model_path = gr.Textbox(
-                    s.default_model_path or "", label="model path (svd/svd_xt: folder or hub id)"
+                    s.default_model_path or "",
+                    label=f"model path ({'/'.join(path_options())}: folder or hub id)",
                 )
         with gr.Row():
             plan_button = gr.Button("plan", elem_id="i2v-plan")

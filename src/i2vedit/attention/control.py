@@ -10,20 +10,15 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from i2vedit.attention.layers import SPATIAL, TEMPORAL, AttentionLayer, registered_layers
-from i2vedit.attention.matching import (
-    attention_probs,
-    blocked_masked_attention,
-    frame_thresholds,
-    step_boundary,
-    temporal_uses_source,
-)
+from i2vedit.attention.layers import SPATIAL, AttentionLayer, registered_layers
+from i2vedit.attention.matching import attention_probs, blocked_masked_attention, frame_thresholds
+from i2vedit.attention.schedule import MatchingSchedule
 from i2vedit.attention.store import AttentionStore
 
 
@@ -100,7 +95,9 @@ class AttentionRecorder(AttentionController):
 
 @dataclass(frozen=True)
 class MatchingParams:
-    """One edit's attention-matching settings."""
+    """One edit's attention-matching settings: when matching acts (``schedule``, a
+    :class:`~i2vedit.attention.schedule.MatchingSchedule` of the first five fields) and how
+    the spatial blend runs (mask thresholds, chunking)."""
 
     num_steps: int
     beta: tuple[float, float] = (0.5, 0.8)
@@ -110,25 +107,20 @@ class MatchingParams:
     frames_per_chunk: int = 1  #: frames blended at once in spatial matching
     pairing: str = "reference"  #: which record an edit step reads: reference or exact
     query_block: int = 1024  #: query tokens blended at once in spatial matching
+    schedule: MatchingSchedule = field(init=False, repr=False, compare=False)
 
-    def record_index(self, step: int) -> int:
-        """Edit step ``t`` (at sigma_t) reads the record made at sigma_{t+1} (``reference``,
-        index N-1-t) or the one made at sigma_t itself (``exact``, index N-t)."""
-        n = self.num_steps
-        return n - 1 - step if self.pairing == "reference" else n - step
+    def __post_init__(self) -> None:
+        schedule = MatchingSchedule(
+            self.num_steps, tuple(self.beta), self.spatial_steps, self.temporal_steps, self.pairing
+        )
+        object.__setattr__(self, "schedule", schedule)
 
     def reads_records(self, step: int) -> bool:
-        """Whether any layer matches at ``step`` (so its record index is needed at all)."""
-        return step < self.num_steps and (
-            self.active(SPATIAL, step)
-            or (self.active(TEMPORAL, step) and step < step_boundary(self.beta[1], self.num_steps))
-        )
+        return self.schedule.reads_records(step)
 
     def active(self, kind: str, step: int) -> bool:
-        """Whether layers of ``kind`` match at ``step``: steps before ``int(x * N)``, with x
-        the spatial or temporal ``*_self_replace_steps`` fraction."""
-        fraction = self.spatial_steps if kind == SPATIAL else self.temporal_steps
-        return step < step_boundary(fraction, self.num_steps)
+        """Whether layers of ``kind`` match at all at ``step`` (the fraction alone)."""
+        return self.schedule.kind_active(kind, step)
 
 
 class AttentionMatcher(AttentionController):
@@ -141,21 +133,19 @@ class AttentionMatcher(AttentionController):
 
     def prepare(self, step: int) -> None:
         """Let the store make this step's records ready (and start on the next step's)."""
-        p = self.params
-        if not p.reads_records(step):
+        schedule = self.params.schedule
+        if not schedule.reads_records(step):
             return
-        following = p.record_index(step + 1) if p.reads_records(step + 1) else None
-        self.store.prepare(p.record_index(step), following)
+        following = schedule.record_index(step + 1) if schedule.reads_records(step + 1) else None
+        self.store.prepare(schedule.record_index(step), following)
 
     def attend(self, layer, q, k, v, scale):
         k, v = self.temporal_kv(layer, k, v)
-        p, t = self.params, self.step
-        if not p.active(layer.kind, t):
-            return F.scaled_dot_product_attention(q, k, v, scale=scale)
-        if layer.kind != SPATIAL and not temporal_uses_source(layer, t, p.num_steps, p.beta):
+        schedule, t = self.params.schedule, self.step
+        if not schedule.matches(layer, t):
             return F.scaled_dot_product_attention(q, k, v, scale=scale)
         (q_u, q_c), (k_u, k_c), (v_u, v_c) = self.split(q), self.split(k), self.split(v)
-        index = p.record_index(t)
+        index = schedule.record_index(t)
         if layer.kind == SPATIAL:
             out_c = self._spatial(layer, index, q_c, k_c, v_c, scale)
         else:
@@ -216,8 +206,12 @@ def _check_plain_self_attention(module: nn.Module, path: str) -> None:
 
 
 @contextlib.contextmanager
-def controlled_attention(unet: nn.Module, controller: AttentionController) -> Iterator[None]:
-    """Install ``controller`` on every registered layer; restore the UNet's processors after."""
+def controlled_attention(unet: nn.Module, controller: AttentionController | None) -> Iterator[None]:
+    """Install ``controller`` on every registered layer; restore the UNet's processors after.
+    Without a controller (None) the UNet is left as it is."""
+    if controller is None:
+        yield
+        return
     original = dict(unet.attn_processors)
     processors = dict(original)
     for layer in registered_layers(unet):

@@ -1,11 +1,10 @@
-"""The paper's attention ideas, each a small named function: the spatial masked blend, its
-per-frame thresholds, and the temporal injection schedule."""
+"""The paper's attention ideas, each a small named function: the spatial masked blend and its
+per-frame thresholds. When each layer matches (the temporal injection schedule) is
+``i2vedit.attention.schedule``."""
 
 from __future__ import annotations
 
 import torch
-
-from i2vedit.attention.layers import AttentionLayer, is_high_resolution
 
 
 def attention_probs(q: torch.Tensor, k: torch.Tensor, scale: float) -> torch.Tensor:
@@ -43,26 +42,6 @@ def masked_attention_blend(
     m = blend_mask(p_src, p_edit, thresholds)[:, None, :, None]
     probs = (1 - m) * p_src.float() + m * p_edit.float()
     return torch.matmul(probs.to(v.dtype), v)
-
-
-def step_boundary(fraction: float, num_steps: int) -> int:
-    """The first step past a schedule fraction: the float product truncated, ``int(x * N)``,
-    as the reference computes every boundary (``int(0.5 * 25) == 12``, ``int(0.58 * 50) == 28``
-    since the product is 28.999...). A window "for steps before x" is ``step < int(x * N)``."""
-    return int(fraction * num_steps)
-
-
-def temporal_uses_source(
-    layer: AttentionLayer, step: int, num_steps: int, beta: tuple[float, float]
-) -> bool:
-    """The temporal schedule ``[beta1, beta2]``: before step ``int(beta1*N)`` every temporal
-    layer takes the source's probabilities, from ``int(beta2*N)`` on none does, and in between
-    only the low-resolution layers do (the high-resolution ones keep their own)."""
-    if step < step_boundary(beta[0], num_steps):
-        return True
-    if step >= step_boundary(beta[1], num_steps):
-        return False
-    return not is_high_resolution(layer)
 
 
 def blocked_masked_attention(

@@ -15,7 +15,6 @@ the inversion's sigma sequence at which the source was evaluated. Three backends
 from __future__ import annotations
 
 import logging
-import os
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -24,6 +23,7 @@ from typing import Protocol
 import torch
 
 from i2vedit.cache import file_sha256
+from i2vedit.files import atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -185,15 +185,10 @@ class DiskStore:
     def _write(self, index: int, tensors: dict[str, torch.Tensor]) -> None:
         from safetensors.torch import save_file
 
-        self.folder.mkdir(parents=True, exist_ok=True)
         path = step_file(self.folder, index)
-        tmp = path.with_name(f".{path.name}.tmp")
-        try:
+        with atomic_path(path) as tmp:
             save_file({k: v.cpu() for k, v in tensors.items()}, tmp)
             meta = {"bytes": tmp.stat().st_size, "sha256": file_sha256(tmp)}
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
         with self._lock:
             self.written_bytes += meta["bytes"]
             self.checksums[f"{RECORDS_DIR}/{path.name}"] = meta

@@ -6,13 +6,13 @@ from __future__ import annotations
 import logging
 import math
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
 from i2vedit.data.video import write_video
+from i2vedit.files import atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -54,12 +54,7 @@ def ensure_demo_assets(cache_dir: str | os.PathLike[str]) -> tuple[Path, Path]:
     log.info("generating the demo item into %s", folder)
     n = int(DEMO_SECONDS * DEMO_FPS)
     frames = np.stack([_frame(i / DEMO_FPS, SOURCE_COLOUR) for i in range(n)])
-    fd, tmp = tempfile.mkstemp(suffix=".png", dir=folder, prefix=".demo_edit.")
-    os.close(fd)
-    try:
+    with atomic_path(keyframe) as tmp:
         Image.fromarray(_frame(0.0, EDITED_COLOUR)).save(tmp)
-        os.replace(tmp, keyframe)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
     write_video(video, frames, DEMO_FPS)
     return video, keyframe

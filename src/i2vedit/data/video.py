@@ -13,7 +13,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
@@ -26,6 +25,7 @@ from av.error import FFmpegError
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from i2vedit.errors import InputError
+from i2vedit.files import atomic_path
 
 logger = logging.getLogger(__name__)
 
@@ -350,6 +350,46 @@ def _as_float(value: object, key: str) -> float:
         raise InputError(key, value, "must be a number") from exc
 
 
+def _sampling_times(
+    sample_fps: float, start_t: float, end_t: float | None
+) -> tuple[float, float, float]:
+    """(fps, start, end) checked, ``end`` infinite when ``end_t`` is None."""
+    fps = _as_float(sample_fps, "data.sample_fps")
+    if not (math.isfinite(fps) and fps > 0):
+        raise InputError("data.sample_fps", sample_fps, "must be a positive number")
+    start = _as_float(start_t, "data.start_t")
+    if not (math.isfinite(start) and start >= 0):
+        raise InputError("data.start_t", start_t, "must be a number >= 0")
+    end = math.inf
+    if end_t is not None:
+        end = _as_float(end_t, "data.end_t")
+        if not end > start:
+            raise InputError("data.end_t", end_t, f"must be greater than start_t={start:g}")
+    return fps, start, end
+
+
+def _within_video(
+    start_t: float, start: float, end_t: float | None, end: float, duration: float
+) -> float:
+    """The sampling end within a video of ``duration`` seconds (its end when ``end_t`` is
+    None); a start at or past the end is refused."""
+    if start >= duration:
+        raise InputError(
+            "data.start_t",
+            start_t,
+            f"must be less than the video's duration (the video is {duration:.2f} s long)",
+        )
+    if end_t is None:
+        return duration
+    if end > duration + _TIME_EPS:
+        logger.debug(
+            "end_t=%g is past the end of the video (%.2f s); sampling up to the end",
+            end,
+            duration,
+        )
+    return end
+
+
 def sample_video(
     path: str | os.PathLike[str],
     sample_fps: float,
@@ -366,34 +406,10 @@ def sample_video(
     frames; it stops at the first frame past the last target. ``end_t=None`` means the end of
     the video, and an ``end_t`` past the end is clamped to it.
     """
-    fps = _as_float(sample_fps, "data.sample_fps")
-    if not (math.isfinite(fps) and fps > 0):
-        raise InputError("data.sample_fps", sample_fps, "must be a positive number")
-    start = _as_float(start_t, "data.start_t")
-    if not (math.isfinite(start) and start >= 0):
-        raise InputError("data.start_t", start_t, "must be a number >= 0")
-    end = math.inf
-    if end_t is not None:
-        end = _as_float(end_t, "data.end_t")
-        if not end > start:
-            raise InputError("data.end_t", end_t, f"must be greater than start_t={start:g}")
-
+    fps, start, end = _sampling_times(sample_fps, start_t, end_t)
     source = _open_source(path, key, folder_fps)
     info = source.info
-    if start >= info.duration:
-        raise InputError(
-            "data.start_t",
-            start_t,
-            f"must be less than the video's duration (the video is {info.duration:.2f} s long)",
-        )
-    if end_t is None:
-        end = info.duration
-    elif end > info.duration + _TIME_EPS:
-        logger.debug(
-            "end_t=%g is past the end of the video (%.2f s); sampling up to the end",
-            end,
-            info.duration,
-        )
+    end = _within_video(start_t, start, end_t, end, info.duration)
 
     def target(k: int) -> float:
         return start + k / fps
@@ -602,38 +618,27 @@ def write_video(
         )
 
     out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{out.name}.tmp-", suffix=".mp4", dir=out.parent)
-    os.close(fd)
-    try:
-        with av.open(tmp_name, mode="w", format="mp4") as container:
-            stream = container.add_stream("libx264", rate=rate)
-            stream.width = width + pad_w
-            stream.height = height + pad_h
-            stream.pix_fmt = "yuv420p"
-            # x264's macroblock-tree rate control reads memory it never set on small frames and
-            # then encodes identical input differently now and then (seen at 64x48: 1 run in
-            # 8 to 30 of 30); without it the bytes depend on the frames alone, so a resumed
-            # run writes the very file an uninterrupted one does
-            stream.options = {"crf": str(int(crf)), "x264-params": "no-mbtree=1"}
-            dst_colorspace = _tag_bt709(stream)
-            for index, arr in enumerate(frames):
-                if pad_h or pad_w:
-                    arr = np.pad(arr, ((0, pad_h), (0, pad_w), (0, 0)), mode="edge")
-                frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(arr), format="rgb24")
-                frame = frame.reformat(format="yuv420p", dst_colorspace=dst_colorspace)
-                frame.pts = index  # explicit timestamps at the stream's rate
-                frame.time_base = 1 / rate
-                for packet in stream.encode(frame):
-                    container.mux(packet)
-            for packet in stream.encode():
+    with atomic_path(out) as tmp, av.open(str(tmp), mode="w", format="mp4") as container:
+        stream = container.add_stream("libx264", rate=rate)
+        stream.width = width + pad_w
+        stream.height = height + pad_h
+        stream.pix_fmt = "yuv420p"
+        # x264's macroblock-tree rate control reads memory it never set on small frames and
+        # then encodes identical input differently now and then (seen at 64x48: 1 run in
+        # 8 to 30 of 30); without it the bytes depend on the frames alone, so a resumed
+        # run writes the very file an uninterrupted one does
+        stream.options = {"crf": str(int(crf)), "x264-params": "no-mbtree=1"}
+        dst_colorspace = _tag_bt709(stream)
+        for index, arr in enumerate(frames):
+            if pad_h or pad_w:
+                arr = np.pad(arr, ((0, pad_h), (0, pad_w), (0, 0)), mode="edge")
+            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(arr), format="rgb24")
+            frame = frame.reformat(format="yuv420p", dst_colorspace=dst_colorspace)
+            frame.pts = index  # explicit timestamps at the stream's rate
+            frame.time_base = 1 / rate
+            for packet in stream.encode(frame):
                 container.mux(packet)
-        os.replace(tmp_name, out)
-    except BaseException:
-        try:
-            os.unlink(tmp_name)
-        except FileNotFoundError:
-            pass
-        raise
+        for packet in stream.encode():
+            container.mux(packet)
     logger.debug("wrote %d frames (%dx%d @ %s fps) to %s", n, width, height, rate, out)
     return out

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from i2vedit.attention.control import AttentionController
-from i2vedit.sampling.edm import Condition, denoise, euler_step, init_noise_sigma
-from i2vedit.sampling.sampler import StepCallback
+from i2vedit.attention.control import AttentionController, controlled_attention
+from i2vedit.core.edm import Condition, StepCallback, denoise, euler_step, init_noise_sigma
 
 
 def inversion_sigmas(sigmas: torch.Tensor) -> torch.Tensor:
@@ -28,7 +27,8 @@ def edm_invert(
     on_step: StepCallback | None = None,
     trajectory: list[torch.Tensor] | None = None,
 ) -> torch.Tensor:
-    """Invert clean ``latents`` (1, F, C, h, w) with the unguided condition ``cond``.
+    """Invert clean ``latents`` (1, F, C, h, w) with the unguided condition ``cond``, with
+    ``controller`` (if any) installed on the UNet's registered attention layers meanwhile.
 
     Step i evaluates the UNet at ``s_i`` (the controller records at index i). With
     ``extra_record`` one more evaluation at ``s_N = sigma_max`` records attention there too
@@ -38,22 +38,23 @@ def edm_invert(
     s = inversion_sigmas(sigmas)
     x = latents.float().contiguous()  # one layout: the trajectory is stored (and reused) so
     steps = len(s) - 1
-    for i in range(steps):
+    with controlled_attention(unet, controller):
+        for i in range(steps):
+            if trajectory is not None:
+                trajectory.append(x)
+            if controller is not None:
+                controller.step = i
+                controller.guided = False
+            denoised = denoise(unet, x, s[i], cond)
+            x = euler_step(x, denoised, s[i], s[i + 1])
+            if on_step is not None:
+                on_step(i)
         if trajectory is not None:
             trajectory.append(x)
-        if controller is not None:
-            controller.step = i
+        if extra_record and controller is not None:
+            controller.step = steps
             controller.guided = False
-        denoised = denoise(unet, x, s[i], cond)
-        x = euler_step(x, denoised, s[i], s[i + 1])
-        if on_step is not None:
-            on_step(i)
-    if trajectory is not None:
-        trajectory.append(x)
-    if extra_record and controller is not None:
-        controller.step = steps
-        controller.guided = False
-        denoise(unet, x, s[steps], cond)
+            denoise(unet, x, s[steps], cond)
     # contiguous: the UNet's outputs come in a channels-last-like layout, and the same values
     # read back from the cache come contiguous; the sampler must see one layout, or its
     # kernels sum in another order and a resumed edit drifts from a live one in the last bit

@@ -15,8 +15,8 @@ import torch
 
 from i2vedit.attention.control import AttentionRecorder, controlled_attention
 from i2vedit.attention.store import MemoryStore
-from i2vedit.sampling.edm import Condition, denoise
-from i2vedit.training.lora import lora_disabled
+from i2vedit.core.edm import Condition, denoise
+from i2vedit.core.lora import lora_disabled
 
 
 class RecomputeStore:

@@ -12,6 +12,9 @@ Architecture (64x64 frames, 8 frames a clip):
   (its embedding is a fixed function of the first frame).
 The SVD pipeline decodes through the VAE's own signature (``AutoencoderKL`` takes no
 ``num_frames``), so the rest of the package runs on it unchanged.
+
+Light to import (torch and diffusers load inside the functions that build or save weights):
+the config checks ask ``check_toy_weights`` before anything loads.
 """
 
 from __future__ import annotations
@@ -19,15 +22,14 @@ from __future__ import annotations
 import functools
 import json
 import logging
-import os
-import tempfile
 from pathlib import Path
-
-import torch
-from diffusers import AutoencoderKL, StableVideoDiffusionPipeline, UNetSpatioTemporalConditionModel
+from typing import TYPE_CHECKING
 
 from i2vedit.errors import InputError
-from i2vedit.models.svd import svd_scheduler, tiny_image_encoder
+from i2vedit.files import atomic_path
+
+if TYPE_CHECKING:
+    from diffusers import StableVideoDiffusionPipeline
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +43,15 @@ COMPONENTS = ("unet", "vae", "image_encoder")
 
 def build_toy_pipeline(seed: int = 0) -> StableVideoDiffusionPipeline:
     """The toy architecture, randomly initialised from ``seed`` (training starts here)."""
+    import torch
+    from diffusers import (
+        AutoencoderKL,
+        StableVideoDiffusionPipeline,
+        UNetSpatioTemporalConditionModel,
+    )
+
+    from i2vedit.models.base import svd_scheduler, tiny_image_encoder
+
     torch.manual_seed(seed)
     unet = UNetSpatioTemporalConditionModel(
         sample_size=16,
@@ -82,6 +93,7 @@ def save_toy_weights(
 ) -> Path:
     """All three trained components in one fp16 safetensors file (atomic), with the VAE's
     scaling factor and ``metadata`` (training facts) in its header."""
+    import torch
     from safetensors.torch import save_file
 
     tensors = {}
@@ -93,15 +105,8 @@ def save_toy_weights(
         "scaling_factor": repr(float(pipe.vae.config.scaling_factor)),
         "training": json.dumps(metadata, default=str),
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         save_file(tensors, tmp, header)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
     return path
 
 

@@ -2,14 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import torch
 
-from i2vedit.attention.control import AttentionController
-from i2vedit.sampling.edm import Condition, denoise, euler_step, init_noise_sigma
-
-StepCallback = Callable[[int], None]
+from i2vedit.attention.control import AttentionController, controlled_attention
+from i2vedit.core.edm import Condition, StepCallback, denoise, euler_step, init_noise_sigma
 
 
 @torch.no_grad()
@@ -23,15 +19,18 @@ def sample(
     on_step: StepCallback | None = None,
 ) -> torch.Tensor:
     """Euler sampling from ``latents`` (unit scale, as the pipeline's ``latents=``) down the
-    schedule ``sigmas`` (N+1 values ending at 0). Returns the clean latents (1, F, C, h, w)."""
+    schedule ``sigmas`` (N+1 values ending at 0), with ``controller`` (if any) installed on
+    the UNet's registered attention layers for the duration. Returns the clean latents
+    (1, F, C, h, w)."""
     x = latents.float().contiguous() * init_noise_sigma(sigmas[0])  # one layout in, always
-    for t in range(len(sigmas) - 1):
-        if controller is not None:
-            controller.step = t
-            controller.guided = cond.guided
-            controller.prepare(t)
-        denoised = denoise(unet, x, sigmas[t], cond, guidance)
-        x = euler_step(x, denoised, sigmas[t], sigmas[t + 1])
-        if on_step is not None:
-            on_step(t)
+    with controlled_attention(unet, controller):
+        for t in range(len(sigmas) - 1):
+            if controller is not None:
+                controller.step = t
+                controller.guided = cond.guided
+                controller.prepare(t)
+            denoised = denoise(unet, x, sigmas[t], cond, guidance)
+            x = euler_step(x, denoised, sigmas[t], sigmas[t + 1])
+            if on_step is not None:
+                on_step(t)
     return x.contiguous()

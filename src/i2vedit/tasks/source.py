@@ -1,5 +1,5 @@
 """Reading the source: the demo item or the user's video, sampled and cut into the selected
-clips, and the cache folder of each clip's motion LoRA. No model is needed."""
+clips. No model is needed."""
 
 from __future__ import annotations
 
@@ -8,13 +8,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-from i2vedit.cache import content_digest, key_of
 from i2vedit.config import is_demo
 from i2vedit.data.demo import ensure_demo_assets
 from i2vedit.data.video import clip_ranges, sample_video, select_clips
-from i2vedit.models.svd import model_identity
 
 log = logging.getLogger(__name__)
 
@@ -111,39 +109,3 @@ def read_source(cfg: DictConfig) -> Source:
         first,
         cfg.model.num_frames,
     )
-
-
-def item_name(cfg: DictConfig, video_path: Path) -> str:
-    """What names the item's cache entries: ``name`` if set, else the video's file stem."""
-    return cfg.name or video_path.stem
-
-
-def lora_root(cfg: DictConfig, video_path: Path, precision: str) -> tuple[Path, dict]:
-    """The cache folder of an item's motion LoRAs (``<root>/clip_<k>/checkpoint-<step>/``) and
-    the inputs its key hashes: everything that changes the trained weights."""
-    data, lora = cfg.data, cfg.lora
-    inputs = {
-        "source": content_digest(video_path),
-        "sampling": {
-            k: data[k]
-            for k in ("sample_fps", "start_t", "end_t", "chunk_size", "overlay_size", "folder_fps")
-        },
-        "resolution": list(lora.resolution),
-        "pad_to_fit": data.pad_to_fit,
-        "model": model_identity(cfg.model.kind, cfg.model.path, cfg.model.seed),
-        "lora": {
-            k: lora[k]
-            for k in ("rank", "alpha", "dropout", "lr", "weight_decay", "accumulate_grad_batches")
-        },
-        "precision": precision,
-        "conditioning": OmegaConf.to_container(cfg.conditioning),
-        "seed": cfg.seed,
-    }
-    if cfg.long_video.mode == "skip_interval":  # later clips train attending to clip 0
-        inputs["long_video"] = "skip_interval"
-    root = (
-        Path(cfg.paths.cache_dir).expanduser()
-        / "lora"
-        / f"{item_name(cfg, video_path)}-{key_of(inputs)}"
-    )
-    return root, inputs

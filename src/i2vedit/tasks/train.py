@@ -19,24 +19,29 @@ from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from i2vedit.cache import EntryLock, write_manifest
-from i2vedit.config import validate_train_config
-from i2vedit.data.resize import ResolutionPlan, to_model_frames, to_uint8_frames
-from i2vedit.data.video import load_image, write_video
-from i2vedit.inversion.edm import edm_invert
-from i2vedit.models.device import PRECISION_DTYPES, resolve_device, resolve_precision
-from i2vedit.models.svd import LoadedModel, load_model
-from i2vedit.progress import CONSOLE
-from i2vedit.sampling.edm import (
+from i2vedit.config import long_video_mode, validate_train_config
+from i2vedit.core.edm import (
+    Condition,
     ConditioningParams,
     decode_video,
     encode_condition,
     encode_video,
     guidance_scales,
     karras_sigmas,
+    seeded_generator,
 )
+from i2vedit.core.lora import motion_lora_config, remove_lora
+from i2vedit.data.resize import ResolutionPlan, to_model_frames, to_uint8_frames
+from i2vedit.data.video import load_image, write_video
+from i2vedit.files import write_text
+from i2vedit.inversion.edm import edm_invert
+from i2vedit.models.device import PRECISION_DTYPES, resolve_device, resolve_precision
+from i2vedit.models.svd import LoadedModel, load_model
+from i2vedit.outputs import CONFIG_NAME
+from i2vedit.progress import CONSOLE
 from i2vedit.sampling.sampler import sample
-from i2vedit.tasks.source import Clip, lora_root, read_source
-from i2vedit.training.lora import motion_lora_config, remove_lora
+from i2vedit.tasks.keys import lora_root
+from i2vedit.tasks.source import Clip, read_source
 from i2vedit.training.module import (
     RESUME_NAME,
     AnchorClip,
@@ -106,7 +111,7 @@ def _preview(
     sigmas = karras_sigmas(pipe, n)
     with torch.no_grad():
         source = encode_condition(
-            pipe, clip_tensor[:1], params, frames, _gen(cfg.seed), guided=False
+            pipe, clip_tensor[:1], params, frames, seeded_generator(cfg.seed), guided=False
         )
         inverted = edm_invert(model.unet, encode_video(pipe, clip_tensor), source, sigmas)
         image = load_image(keyframe_path)
@@ -114,7 +119,7 @@ def _preview(
             tuple(image.shape[:2]), tuple(clip_tensor.shape[-2:]), cfg.data.pad_to_fit
         )
         key = key_plan.forward(to_model_frames(image[None])).to(model.device)
-        cond = encode_condition(pipe, key, params, frames, _gen(cfg.seed), guided=True)
+        cond = encode_condition(pipe, key, params, frames, seeded_generator(cfg.seed), guided=True)
     folder = Path(run_dir) / "preview" / f"clip_{clip_id}"
     return PreviewCallback(
         cfg.lora.preview_every,
@@ -127,10 +132,6 @@ def _preview(
         folder,
         fps,
     )
-
-
-def _gen(seed: int) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
 
 
 def train_clip(
@@ -185,26 +186,10 @@ def _fit_clip(
     """Train (or resume) the clip's LoRA: ``train_clip``'s work once the lock is held."""
     lora = cfg.lora
     existing = checkpoint_steps(clip_dir)
-    pipe, unet = model.pipe, model.unet
+    unet = model.unet
     target = (int(lora.resolution[0]), int(lora.resolution[1]))
     plan = ResolutionPlan.build(tuple(clip.frames.shape[1:3]), target, cfg.data.pad_to_fit)
-    with torch.no_grad():
-        frames = plan.forward(to_model_frames(clip.frames)).to(model.device)
-        latents = encode_video(pipe, frames, cfg.model.decode_chunk_size)
-        params = ConditioningParams(**cfg.conditioning)
-        cond = encode_condition(pipe, frames[:1], params, len(frames), _gen(cfg.seed), guided=False)
-        anchor = None
-        if cfg.long_video.mode == "skip_interval" and clip.clip_id > 0:
-            if first_clip is None:
-                raise ValueError("skip-interval training of a later clip needs clip 0")
-            anchor_frames = plan.forward(to_model_frames(first_clip.frames)).to(model.device)
-            anchor = AnchorClip(
-                encode_video(pipe, anchor_frames, cfg.model.decode_chunk_size),
-                encode_condition(
-                    pipe, anchor_frames[:1], params, len(anchor_frames), _gen(cfg.seed), False
-                ),
-            )
-            log.info("skip-interval attention: clip %d trains attending to clip 0", clip.clip_id)
+    frames, latents, cond, anchor = _encode_clip(cfg, model, clip, plan, first_clip)
     extra = list(callbacks or [])
     if lora.preview_every and keyframe_path is not None:
         extra.append(_preview(cfg, model, frames, plan, keyframe_path, run_dir, clip.clip_id, fps))
@@ -223,27 +208,7 @@ def _fit_clip(
         draw,
         anchor,
     )
-    trainer = L.Trainer(
-        accelerator=cfg.trainer.accelerator,
-        devices=cfg.trainer.devices,
-        strategy=cfg.trainer.strategy,
-        num_nodes=cfg.trainer.num_nodes,
-        precision=precision,
-        max_steps=lora.max_steps,
-        accumulate_grad_batches=lora.accumulate_grad_batches,
-        logger=CSVLogger(run_dir / "logs", name=f"clip_{clip.clip_id}"),
-        callbacks=[
-            LoRACheckpoint(clip_dir, lora.checkpoint_every),
-            StepReport(f"train clip {clip.clip_id}"),
-            *extra,
-        ]
-        + ([RichProgressBar()] if CONSOLE.is_terminal else []),
-        enable_progress_bar=CONSOLE.is_terminal,
-        enable_checkpointing=False,
-        enable_model_summary=False,
-        log_every_n_steps=cfg.trainer.log_every_n_steps,
-        num_sanity_val_steps=0,
-    )
+    trainer = _trainer(cfg, clip, clip_dir, precision, run_dir, extra)
     dm = OneClipDataModule(latents, cond, lora.max_steps * lora.accumulate_grad_batches)
     log.info(
         "training the motion LoRA of clip %d: %d steps at %dx%d, %s, checkpoints every %d into %s",
@@ -269,6 +234,76 @@ def _fit_clip(
     return steps
 
 
+def _encode_clip(
+    cfg: DictConfig,
+    model: LoadedModel,
+    clip: Clip,
+    plan: ResolutionPlan,
+    first_clip: Clip | None,
+) -> tuple[torch.Tensor, torch.Tensor, Condition, AnchorClip | None]:
+    """The clip at the training resolution: (frames, latents, its unguided condition, and with
+    skip-interval attention for a clip k > 0, clip 0's latents and condition)."""
+    pipe = model.pipe
+    params = ConditioningParams(**cfg.conditioning)
+    with torch.no_grad():
+        frames = plan.forward(to_model_frames(clip.frames)).to(model.device)
+        latents = encode_video(pipe, frames, cfg.model.decode_chunk_size)
+        generator = seeded_generator(cfg.seed)
+        cond = encode_condition(pipe, frames[:1], params, len(frames), generator, guided=False)
+        if long_video_mode(cfg) != "skip_interval" or clip.clip_id == 0:
+            return frames, latents, cond, None
+        if first_clip is None:
+            raise ValueError("skip-interval training of a later clip needs clip 0")
+        anchor_frames = plan.forward(to_model_frames(first_clip.frames)).to(model.device)
+        anchor = AnchorClip(
+            encode_video(pipe, anchor_frames, cfg.model.decode_chunk_size),
+            encode_condition(
+                pipe,
+                anchor_frames[:1],
+                params,
+                len(anchor_frames),
+                seeded_generator(cfg.seed),
+                False,
+            ),
+        )
+    log.info("skip-interval attention: clip %d trains attending to clip 0", clip.clip_id)
+    return frames, latents, cond, anchor
+
+
+def _trainer(
+    cfg: DictConfig,
+    clip: Clip,
+    clip_dir: Path,
+    precision: str,
+    run_dir: Path,
+    callbacks: list[L.Callback],
+) -> L.Trainer:
+    """The Lightning trainer of one clip's LoRA: checkpoints into ``clip_dir``, step reports,
+    CSV logs under ``run_dir``."""
+    lora = cfg.lora
+    return L.Trainer(
+        accelerator=cfg.trainer.accelerator,
+        devices=cfg.trainer.devices,
+        strategy=cfg.trainer.strategy,
+        num_nodes=cfg.trainer.num_nodes,
+        precision=precision,
+        max_steps=lora.max_steps,
+        accumulate_grad_batches=lora.accumulate_grad_batches,
+        logger=CSVLogger(run_dir / "logs", name=f"clip_{clip.clip_id}"),
+        callbacks=[
+            LoRACheckpoint(clip_dir, lora.checkpoint_every),
+            StepReport(f"train clip {clip.clip_id}"),
+            *callbacks,
+        ]
+        + ([RichProgressBar()] if CONSOLE.is_terminal else []),
+        enable_progress_bar=CONSOLE.is_terminal,
+        enable_checkpointing=False,
+        enable_model_summary=False,
+        log_every_n_steps=cfg.trainer.log_every_n_steps,
+        num_sanity_val_steps=0,
+    )
+
+
 def run_train(cfg: DictConfig, model: LoadedModel | None = None, **train_kwargs) -> TrainResult:
     """Train the motion LoRA of every selected clip (cache hits are skipped)."""
     validate_train_config(cfg)
@@ -288,7 +323,7 @@ def run_train(cfg: DictConfig, model: LoadedModel | None = None, **train_kwargs)
         )
     run_dir = Path(cfg.output_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    write_text(run_dir / CONFIG_NAME, OmegaConf.to_yaml(cfg, resolve=True))
     write_manifest(root, "motion-lora", inputs)
     keyframe = source.keyframe_paths[0] if source.keyframe_paths else None
     result = TrainResult()

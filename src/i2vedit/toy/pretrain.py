@@ -4,7 +4,7 @@
    mode and a small KL term;
    then its ``scaling_factor`` is set to 1 / std of the latents, as Stable Diffusion's was;
 2. the UNet with the VAE and image encoder frozen, with SVD's image-to-video objective: EDM
-   preconditioning (``i2vedit.sampling.edm.denoise``), sigma from the cosine-interpolated
+   preconditioning (``i2vedit.core.edm.denoise``), sigma from the cosine-interpolated
    distribution and the EDM loss weight (``i2vedit.training.loss``), conditioning on the first
    frame's CLIP embedding and noise-augmented VAE latents and on the added time ids (fps,
    motion bucket, noise augmentation) exactly as inversion and sampling condition; the
@@ -33,6 +33,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset
 
+from i2vedit.core.edm import Condition, ConditioningParams, denoise, encode_condition
 from i2vedit.models.device import resolve_device
 from i2vedit.models.toy import (
     TOY_FRAMES,
@@ -43,7 +44,6 @@ from i2vedit.models.toy import (
     save_toy_weights,
 )
 from i2vedit.progress import setup_logging
-from i2vedit.sampling.edm import Condition, ConditioningParams, denoise, encode_condition
 from i2vedit.toy.world import training_clip
 from i2vedit.training.loss import cosine_interpolated_sigma, edm_loss
 

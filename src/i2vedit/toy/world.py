@@ -21,8 +21,6 @@ from __future__ import annotations
 import colorsys
 import logging
 import math
-import os
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -30,11 +28,13 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from i2vedit.files import atomic_path
+from i2vedit.toy.cases import KINDS
+
 logger = logging.getLogger(__name__)
 
 SIZE = (64, 64)  # (height, width)
 FRAMES = 8
-KINDS = ("recolor", "reshape", "restyle", "dance")
 
 SHAPES = ("circle", "square", "triangle", "diamond", "ring", "cross")
 MOTIONS = ("linear", "arc", "sine", "bounce")
@@ -878,15 +878,7 @@ def write_case(case: ToyCase, folder: Path, fps: float = 7.0) -> dict[str, Path]
         "truth": folder / f"{case.name}_truth.mp4",
     }
     write_video(paths["source"], case.source, fps)
-    fd, tmp = tempfile.mkstemp(
-        prefix=f".{paths['edited_first'].name}.tmp-", suffix=".png", dir=folder
-    )
-    os.close(fd)
-    try:
+    with atomic_path(paths["edited_first"]) as tmp:
         Image.fromarray(case.edited_first).save(tmp, format="PNG")
-        os.replace(tmp, paths["edited_first"])
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     write_video(paths["truth"], case.truth, fps)
     return paths

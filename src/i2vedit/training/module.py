@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,9 +16,10 @@ from torch.utils.data import DataLoader, Dataset
 
 from i2vedit.attention.control import AttentionController, controlled_attention
 from i2vedit.attention.store import MemoryStore
+from i2vedit.core.edm import Condition, denoise
+from i2vedit.core.lora import add_motion_lora, lora_disabled, save_lora
+from i2vedit.files import atomic_path
 from i2vedit.progress import report_step
-from i2vedit.sampling.edm import Condition, denoise
-from i2vedit.training.lora import add_motion_lora, lora_disabled, save_lora
 from i2vedit.training.loss import cosine_interpolated_sigma, edm_loss
 
 log = logging.getLogger(__name__)
@@ -220,11 +220,14 @@ class LoRACheckpoint(L.Callback):
         if step == self.last or step % self.every:
             return
         self.last = step
-        tmp = self.folder / f".{RESUME_NAME}.tmp"
-        trainer.save_checkpoint(tmp, weights_only=False)
-        if trainer.is_global_zero:
+        resume = self.folder / RESUME_NAME
+        if not trainer.is_global_zero:  # a collective call; only global zero writes the file
+            trainer.save_checkpoint(resume, weights_only=False)
+            return
+        # resume.ckpt is replaced only once the LoRA checkpoint of its step is whole
+        with atomic_path(resume) as tmp:
+            trainer.save_checkpoint(tmp, weights_only=False)
             save_lora(module.unet, module.lora_config, self.folder / f"checkpoint-{step}")
-            os.replace(tmp, self.folder / RESUME_NAME)
-            loss = trainer.callback_metrics.get("loss")
-            shown = f"{float(loss):.4f}" if loss is not None else "n/a"
-            log.info("step %d, loss %s: saved %s", step, shown, self.folder / f"checkpoint-{step}")
+        loss = trainer.callback_metrics.get("loss")
+        shown = f"{float(loss):.4f}" if loss is not None else "n/a"
+        log.info("step %d, loss %s: saved %s", step, shown, self.folder / f"checkpoint-{step}")

@@ -5,9 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
-import shutil
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,6 +19,8 @@ from peft.tuners.lora import LoraLayer
 from peft.tuners.tuners_utils import BaseTunerLayer
 from safetensors.torch import load_file, save_file
 from torch import nn
+
+from i2vedit.files import atomic_path, write_json
 
 ADAPTER = "motion"
 WEIGHTS_NAME = "adapter_model.safetensors"
@@ -64,20 +63,14 @@ def lora_state_dict(unet: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def save_lora(unet: nn.Module, config: LoraConfig, folder: Path) -> Path:
-    """Write ``folder`` (weights + peft config) atomically: a temporary folder renamed in place."""
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-", dir=folder.parent))
-    try:
+    """Write ``folder`` (weights + peft config) atomically: a temporary folder renamed in place
+    (replacing an older one)."""
+    with atomic_path(folder, folder=True) as tmp:
         state = {k: v.detach().cpu().clone().contiguous() for k, v in lora_state_dict(unet).items()}
         save_file(state, tmp / WEIGHTS_NAME, metadata={"format": "pt", "adapter": ADAPTER})
         config_dict = config.to_dict()
         config_dict["target_modules"] = sorted(config_dict["target_modules"])
-        (tmp / CONFIG_NAME).write_text(json.dumps(config_dict, indent=2, default=str))
-        if folder.exists():
-            shutil.rmtree(folder)
-        os.replace(tmp, folder)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        write_json(tmp / CONFIG_NAME, config_dict, default=str)
     return folder
 
 

@@ -1,11 +1,12 @@
 """EDM maths of SVD in one place: conditioning, preconditioning, the Euler step, VAE codecs.
 
-Used by inversion, sampling and (later) training, so all three condition identically.
+Used by inversion, sampling and training, so all three condition identically.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -15,19 +16,12 @@ from diffusers.pipelines.stable_video_diffusion.pipeline_stable_video_diffusion 
 )
 from diffusers.utils.torch_utils import randn_tensor
 
+from i2vedit.core.conditioning import ConditioningParams
+
 CLIP_SIZE = (224, 224)
 
-
-@dataclass
-class ConditioningParams:
-    """The conditioning values, identical in inversion, training and sampling (and the
-    schema of the ``conditioning`` config group)."""
-
-    fps: int = 7  #: frame rate the model is told; its fps id is ``fps - 1``
-    motion_bucket_id: int = 127
-    noise_aug_strength: float = 0.02
-    min_guidance_scale: float = 1.0
-    max_guidance_scale: float = 2.0
+#: called with the index of each finished step (progress bars, the app's step listener)
+StepCallback = Callable[[int], None]
 
 
 @dataclass
@@ -82,6 +76,12 @@ def encode_condition(
     ).to(device)
     latents = latents.unsqueeze(1).repeat(1, num_frames, 1, 1, 1)
     return Condition(embeddings, latents, time_ids, guided)
+
+
+def seeded_generator(seed: int) -> torch.Generator:
+    """A CPU generator seeded with ``seed`` (noise augmentation, SARP, initial noise): the
+    same draws on every device."""
+    return torch.Generator().manual_seed(seed)
 
 
 def guidance_scales(params: ConditioningParams, num_frames: int) -> torch.Tensor:
