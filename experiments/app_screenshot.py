@@ -1,10 +1,11 @@
 """docs/app.png: the i2vedit-app page after a real edit with the toy model.
 
 Starts ``i2vedit-app`` (toy model, a fresh cache), picks an item in a headless Debian
-Chromium, runs it with the page's defaults, stops every video at the same time and saves a
-screenshot of the whole page.
+Chromium, sets its edit's mask (``--mask``: auto by default; the plan then shows it over the
+first frame and the result its mask video), runs it with the page's other defaults, stops
+every video at the same time and saves a screenshot of the whole page.
 
-    python experiments/app_screenshot.py [--item dance] [--at 1.5] [--out docs/app.png]
+    python experiments/app_screenshot.py [--item dance] [--mask auto] [--at 1.5] [--out docs/app.png]
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--item", default="dance")
+    parser.add_argument("--mask", choices=["none", "auto"], default="auto")
     parser.add_argument("--at", type=float, default=1.5, help="seconds into the videos")
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "app.png")
     args = parser.parse_args(argv)
@@ -38,6 +40,8 @@ def main(argv: list[str] | None = None) -> int:
                 page.locator("#i2v-item input").click()
                 page.get_by_role("option", name=args.item, exact=True).click()
                 page.locator("#i2v-first-frame img").wait_for(timeout=120_000)
+                page.get_by_text("masks: where each edit may change the video").click()
+                page.locator("#i2v-mask-mode-0").get_by_label(args.mask).check()
                 started = time.perf_counter()
                 page.locator("#i2v-run").click()
                 page.locator("#i2v-results video").nth(1).wait_for(timeout=900_000)

@@ -10,13 +10,25 @@ variants), and is scored against the true edited video:
   (pixels of its true colour) and in the ground truth, over frames 1..N where both are seen
   (recolor, reshape and dance cases; a restyled background has no single object);
 - colour error of the edited region: mean |RGB| difference (0..255) between the output and
-  the ground truth inside the object's true mask, frames 1..N.
+  the ground truth inside the object's true mask, frames 1..N;
+- PSNR inside and outside the true edit region, frames 1..N: per frame, the pixels the
+  edited object (restyle: the background) covers in the ground truth, dilated by 2 px (a 5x5
+  square), and the rest of the frame; the squared error is pooled over the frames' pixels.
+  Outside that region the truth is the source (but where a reshaped object's old shape was),
+  so this column measures what an edit keeps of the source.
 
 Variants: the full method (inversion + SARP + attention matching + motion LoRA, beta (0.5,
 0.8)), and ablations: no inversion (I2V from seeded noise), no attention matching, no motion
 LoRA, no SARP, each beta preset, exact pairing, and the repeat-the-edited-frame baseline.
-The last row is no edit: the ground truth encoded and decoded by the toy VAE, which every
-edit's frames pass through; it bounds what any method can reach with this model.
+Two variants add a mask of the edited region to the full method: `mask=auto`
+(`data.mask_paths=[auto]`, computed from the edited first frame and the source) and
+`mask=given` (the true first-frame mask of the edited object, written as a PNG). The last two
+rows are not edits: the ground truth encoded and decoded by the toy VAE, which every edit's
+frames pass through (it bounds what any method can reach with this model), and the source as
+the pipeline reads it, unedited (the case's H.264 file: outside the edit region it bounds
+what a mask can keep, the file's compression loss included). `--variants` runs some of the
+variants (the full method, the repeated frame and the two rows that are not edits always
+run); `--merge` then replaces only their rows in the existing table and keeps the others.
 
     python experiments/toy_quality.py --cases 20 --threads 1
 """
@@ -24,10 +36,12 @@ edit's frames pass through; it bounds what any method can reach with this model.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import logging
 import math
 import platform
+import re
 import shlex
 import sys
 import tempfile
@@ -48,6 +62,8 @@ from i2vedit.config import register_configs  # noqa: E402
 from i2vedit.core.edm import decode_video, encode_video  # noqa: E402
 from i2vedit.data.resize import to_model_frames, to_uint8_frames  # noqa: E402
 from i2vedit.data.video import read_video_frames  # noqa: E402
+from i2vedit.files import atomic_path, write_text  # noqa: E402
+from i2vedit.masks import square_dilate  # noqa: E402
 from i2vedit.metrics import psnr  # noqa: E402
 from i2vedit.models.device import resolve_device  # noqa: E402
 from i2vedit.models.svd import LoadedModel, load_model  # noqa: E402
@@ -68,11 +84,28 @@ VARIANTS: dict[str, list[str]] = {
     "beta (0.4, 0.5)": ["attention_matching.beta=[0.4,0.5]"],
     "beta (0.8, 0.9)": ["attention_matching.beta=[0.8,0.9]"],
     "exact pairing": ["attention_matching.pairing=exact"],
+    "mask=auto": ["data.mask_paths=[auto]"],
+    "mask=given": [],  #: + data.mask_paths=[<the case's true first-frame mask>], per case
 }
+FULL = "full method"
+GIVEN_MASK = "mask=given"
 REPEAT = "repeat the edited frame"
 #: not an edit: the truth encoded and decoded by the toy VAE, the best any edit through it can do
 CEILING = "(the truth through the VAE: the ceiling)"
+#: not an edit: the source as the pipeline reads it (its H.264 file), scored against the truth;
+#: outside the edit region it is what a mask keeps, so it bounds the outside PSNR of any edit
+SOURCE = "(the source as read, unedited: the outside ceiling)"
 TRACKED_KINDS = ("recolor", "reshape", "dance")
+REGION_PAD = 2  #: px by which the true edit region is dilated for the inside/outside PSNR
+#: the table's columns after the variant's name; the last is filled by ``table``
+COLUMNS = (
+    "PSNR vs truth, frames 1..N (dB, higher is better)",
+    "trajectory error (px, lower)",
+    "colour error of the edited object (0..255, lower)",
+    "PSNR inside the edit region (dB, higher)",
+    "PSNR outside the edit region (dB, higher)",
+    "beats the full method on PSNR",
+)
 
 
 @dataclass
@@ -80,6 +113,8 @@ class Score:
     psnr: float
     trajectory: float  #: NaN where the case has no tracked object
     colour: float
+    psnr_inside: float  #: inside the true edit region (dilated by REGION_PAD), frames 1..N
+    psnr_outside: float  #: the rest of the frames
 
 
 def object_colour(case: ToyCase) -> np.ndarray:
@@ -87,9 +122,35 @@ def object_colour(case: ToyCase) -> np.ndarray:
     return np.median(case.truth[0][case.target_mask[0]], axis=0)
 
 
+def edit_region(case: ToyCase, pad: int = REGION_PAD) -> np.ndarray:
+    """bool (F, H, W): per frame, the pixels the edited object covers in the truth
+    (``target_mask``), dilated by ``pad`` px (a (2 pad + 1) square)."""
+    return square_dilate(case.target_mask, pad)
+
+
+def region_psnr(case: ToyCase, output: np.ndarray) -> tuple[float, float]:
+    """PSNR of ``output`` (F, H, W, 3) against the truth inside and outside the true edit
+    region (``edit_region``), frames 1..N, the squared error pooled over all their pixels."""
+    truth, out = case.truth[1:], output[1 : len(case.truth)]
+    region = edit_region(case)[1:]
+    return psnr(out[region], truth[region]), psnr(out[~region], truth[~region])
+
+
+def large_motion_order(cases: list[ToyCase]) -> list[int]:
+    """Indices of the sprite cases (recolor, reshape) of ``cases``, the object that moves
+    furthest first: by the mean distance of its true centroid from its place in frame 0, over
+    frames 1..N (the figures in ``tests/test_toy.py``)."""
+
+    def displacement(case: ToyCase) -> float:
+        return float(np.linalg.norm(case.centroids[1:] - case.centroids[0], axis=1).mean())
+
+    sprites = [i for i, c in enumerate(cases) if c.kind in ("recolor", "reshape")]
+    return sorted(sprites, key=lambda i: -displacement(cases[i]))
+
+
 def score(case: ToyCase, output: np.ndarray) -> Score:
-    """PSNR, trajectory error and colour error of ``output`` (F, H, W, 3) against the truth,
-    over frames 1..N."""
+    """PSNR, trajectory error, colour error and the PSNR inside and outside the true edit
+    region of ``output`` (F, H, W, 3) against the truth, over frames 1..N."""
     truth, out = case.truth[1:], output[1 : len(case.truth)]
     trajectory = float("nan")
     if case.kind in TRACKED_KINDS:
@@ -104,7 +165,7 @@ def score(case: ToyCase, output: np.ndarray) -> Score:
     mask = case.target_mask[1:]
     diff = np.abs(out.astype(np.float64) - truth.astype(np.float64)).mean(axis=-1)
     colour_error = float(diff[mask].mean()) if mask.any() else float("nan")
-    return Score(psnr(out, truth), trajectory, colour_error)
+    return Score(psnr(out, truth), trajectory, colour_error, *region_psnr(case, output))
 
 
 def contact_sheet(rows: dict[str, np.ndarray], path: Path, zoom: int = 2) -> Path:
@@ -150,6 +211,24 @@ def compose_case(case: ToyCase, extra: list[str], common: list[str]):
         )
 
 
+def given_mask(case: ToyCase, folder: Path) -> Path:
+    """The case's true first-frame mask of the edited object as a PNG (white where edited)."""
+    from PIL import Image
+
+    path = folder / f"{case.name}_given_mask.png"
+    folder.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        Image.fromarray(case.target_mask[0].astype(np.uint8) * 255).save(tmp, format="PNG")
+    return path
+
+
+def variant_overrides(name: str, case: ToyCase, work: Path) -> list[str]:
+    """The variant's overrides on ``case``: ``VARIANTS[name]``, with mask=given's mask file."""
+    if name == GIVEN_MASK:
+        return [f"data.mask_paths=[{given_mask(case, work / case.name)}]"]
+    return VARIANTS[name]
+
+
 def run(args: argparse.Namespace) -> tuple[list[str], dict[str, list[Score]]]:
     cases = held_out_cases(args.cases)
     device = resolve_device(args.device)
@@ -163,20 +242,23 @@ def run(args: argparse.Namespace) -> tuple[list[str], dict[str, list[Score]]]:
         f"lora.checkpoint_every={args.lora_steps}",
         "metrics=off",
     ]
-    scores: dict[str, list[Score]] = {name: [] for name in [*VARIANTS, REPEAT, CEILING]}
+    variants = [name for name in VARIANTS if name in args.variants]
+    scores: dict[str, list[Score]] = {name: [] for name in [*variants, REPEAT, CEILING, SOURCE]}
     shown = next((c for c in cases if c.kind == "dance"), cases[0])
     sheet_rows = {"source": shown.source, "ground truth": shown.truth}
     for i, case in enumerate(cases):
-        ensure_toy_case(work / "cache", case.name, len(case.source))
+        files = ensure_toy_case(work / "cache", case.name, len(case.source))
+        scores[SOURCE].append(score(case, read_video_frames(files["video"]).numpy()))
         scores[REPEAT].append(score(case, np.repeat(case.edited_first[None], len(case.source), 0)))
         scores[CEILING].append(score(case, vae_round_trip(model, case.truth)))
-        for name, extra in VARIANTS.items():
+        for name in variants:
             start = time.perf_counter()
+            extra = variant_overrides(name, case, work)
             cfg = compose_case(case, extra, [*common, f"output_dir={work / case.name / str(i)}"])
             result = run_edit(cfg, model=model)
             output = read_video_frames(result.edited[0]).numpy()
             scores[name].append(score(case, output))
-            if case is shown and name in ("full method", "no inversion (I2V from noise)"):
+            if case is shown and name in (FULL, "no inversion (I2V from noise)"):
                 sheet_rows[name] = output
             log.info(
                 "%s / %s: %s (%.1f s)",
@@ -190,25 +272,86 @@ def run(args: argparse.Namespace) -> tuple[list[str], dict[str, list[Score]]]:
     return [case.name for case in cases], scores
 
 
-def table(scores: dict[str, list[Score]]) -> list[str]:
+def table_rows(scores: dict[str, list[Score]]) -> dict[str, list[str]]:
+    """Per variant, its cells under ``COLUMNS``: the means over the cases (NaN left out)."""
+
     def mean(values: list[float]) -> str:
         values = [v for v in values if not math.isnan(v)]
         return f"{np.mean(values):.2f}" if values else "n/a"
 
-    full = scores["full method"]
-    lines = [
-        "| variant | PSNR vs truth, frames 1..N (dB, higher is better) | trajectory error (px, lower) "
-        "| colour error of the edited object (0..255, lower) | beats the full method on PSNR |",
-        "|---|---|---|---|---|",
-    ]
+    full = scores[FULL]
+    rows = {}
     for name, values in scores.items():
         wins = sum(v.psnr > f.psnr for v, f in zip(values, full, strict=True))
-        lines.append(
-            f"| {name} | {mean([v.psnr for v in values])} | {mean([v.trajectory for v in values])} "
-            f"| {mean([v.colour for v in values])} | "
-            f"{'-' if name in ('full method', CEILING) else f'{wins} of {len(values)} cases'} |"
-        )
+        rows[name] = [
+            *(mean([getattr(v, f.name) for v in values]) for f in dataclasses.fields(Score)),
+            "-" if name in (FULL, CEILING, SOURCE) else f"{wins} of {len(values)} cases",
+        ]
+    return rows
+
+
+def table(rows: dict[str, list[str]], columns: tuple[str, ...] = COLUMNS) -> list[str]:
+    """The markdown table of ``rows`` (name -> cells under ``columns``)."""
+    lines = ["| variant | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
+    lines += [f"| {name} | " + " | ".join(cells) + " |" for name, cells in rows.items()]
     return lines
+
+
+@dataclass
+class QualityPage:
+    """docs/QUALITY.md in parts: what precedes its header's ``- `` lines, those lines, the
+    table (rows by variant, cells by column) and whatever follows the table."""
+
+    facts: list[str]  #: the ``- Command: ...`` lines above the table
+    rows: dict[str, dict[str, str]]
+    after: list[str]
+
+    @classmethod
+    def read(cls, path: Path) -> QualityPage:
+        lines = path.read_text().splitlines()
+        top = next((i for i, line in enumerate(lines) if line.startswith("| variant |")), None)
+        if top is None:
+            raise SystemExit(f"--merge: no table in {path}")
+        end = next((i for i in range(top, len(lines)) if not lines[i].startswith("|")), len(lines))
+        columns = [c.strip() for c in lines[top].strip("|").split("|")]
+        rows = {}
+        for line in lines[top + 2 : end]:
+            cells = [c.strip() for c in line.strip().strip("|").split("|")]
+            rows[cells[0]] = dict(zip(columns[1:], cells[1:], strict=True))
+        first = top
+        while first > 0 and not lines[first - 1].strip():
+            first -= 1
+        facts_end = first
+        while first > 0 and lines[first - 1].startswith("- "):
+            first -= 1
+        facts = lines[first:facts_end]
+        return cls(facts, rows, lines[end:])
+
+    def fact(self, label: str) -> str | None:
+        return next((f for f in self.facts if f.startswith(f"- {label}")), None)
+
+
+def merged_rows(old: QualityPage, new: dict[str, list[str]]) -> dict[str, list[str]]:
+    """The old table's rows with the measured ones replaced, in the order of the variants;
+    a column the old table lacked reads "not run"."""
+    rows = {}
+    for name in [*VARIANTS, REPEAT, CEILING, SOURCE, *old.rows]:
+        if name in new:
+            rows[name] = new[name]
+        elif name in old.rows:
+            rows[name] = [old.rows[name].get(column, "not run") for column in COLUMNS]
+    return rows
+
+
+def parse_variants(text: str | None) -> list[str]:
+    """``--variants``: names separated by commas outside parentheses; the full method always."""
+    if not text:
+        return list(VARIANTS)
+    names = [n.strip() for n in re.split(r",(?![^()]*\))", text) if n.strip()]
+    unknown = [n for n in names if n not in VARIANTS]
+    if unknown:
+        raise SystemExit(f"--variants: unknown {unknown}; expected some of {list(VARIANTS)}")
+    return [FULL, *(n for n in names if n != FULL)]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -221,32 +364,67 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work", help="work folder (default: a new temporary one)")
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "QUALITY.md")
     parser.add_argument(
-        "--sheet", type=Path, default=ROOT / "docs" / "toy_edit.png", help="contact sheet PNG"
+        "--variants",
+        help="NAME[,NAME]: run only these variants (the full method, the repeated frame and "
+        "the ceiling always run); default: all",
+    )
+    parser.add_argument(
+        "--merge",
+        action="store_true",
+        help="replace only the measured rows of --out's table, keep the others and the text "
+        "after the table (the cases and steps must be the table's)",
+    )
+    parser.add_argument(
+        "--sheet",
+        type=Path,
+        help="contact sheet PNG (default: docs/toy_edit.png when every variant runs)",
     )
     args = parser.parse_args(argv)
+    args.variants = parse_variants(args.variants)
+    if args.sheet is None and args.variants == list(VARIANTS):
+        args.sheet = ROOT / "docs" / "toy_edit.png"
+    old = QualityPage.read(args.out) if args.merge else None
     setup_logging(names=("i2vedit", "toy_quality"))
     register_configs()
     if args.threads:
         torch.set_num_threads(args.threads)
     start = time.perf_counter()
     names, scores = run(args)
-    lines = table(scores)
-    CONSOLE.print("\n".join(lines), markup=False, highlight=False)
+    measured = table_rows(scores)
     command = "python experiments/toy_quality.py " + shlex.join(argv or sys.argv[1:])
+    now = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    device = (
+        f"{platform.processor() or platform.machine()}, torch threads "
+        f"{torch.get_num_threads()}; {time.perf_counter() - start:.0f} s in all"
+    )
+    facts = [
+        f"- Command: `{command}`",
+        f"- Date: {now}",
+        f"- Device: {device}",
+        f"- Cases ({len(names)}): {', '.join(names)}",
+        f"- Steps: {args.steps}; motion LoRA: {args.lora_steps} steps per clip",
+    ]
+    rows, after = measured, []
+    if old is not None:
+        for label, fact in zip(("Cases", "Steps"), facts[3:], strict=True):
+            if old.fact(label) != fact:
+                raise SystemExit(f"--merge: {args.out} has {old.fact(label)!r}, this run {fact!r}")
+        rows, after = merged_rows(old, measured), old.after
+        facts = [
+            *old.facts,
+            f"- Rows {', '.join(measured)} re-measured by `{command}` ({now}; {device})",
+        ]
+    lines = table(rows)
+    CONSOLE.print("\n".join(lines), markup=False, highlight=False)
     header = [
         "# Edit quality on the toy world, against the exact ground truth",
         "",
         (__doc__ or "").split("\n\n", 1)[1].rsplit("\n\n", 1)[0],
         "",
-        f"- Command: `{command}`",
-        f"- Date: {datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds')}",
-        f"- Device: {platform.processor() or platform.machine()}, torch threads "
-        f"{torch.get_num_threads()}; {time.perf_counter() - start:.0f} s in all",
-        f"- Cases ({len(names)}): {', '.join(names)}",
-        f"- Steps: {args.steps}; motion LoRA: {args.lora_steps} steps per clip",
+        *facts,
         "",
     ]
-    args.out.write_text("\n".join(header + lines) + "\n")
+    write_text(args.out, "\n".join(header + lines + after) + "\n")
     log.info("wrote %s", args.out)
     return 0
 

@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import sys
 import threading
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +28,9 @@ from i2vedit.app.jobs import (
     beta_presets,
     check_settings,
     check_upload,
+    compose_edit,
+    make_plan,
+    overlay_mask,
     run_job,
 )
 from i2vedit.cli import app_flags
@@ -263,6 +267,97 @@ def test_request_overrides_by_hand():
         EditRequest(item="nope").overrides([], None)
 
 
+def test_masks_become_mask_paths_overrides():
+    masks = EditRequest(masks=["auto", None, Path("/j/my mask.png"), None])
+    assert masks.overrides([], None) == ["data.mask_paths=['auto',null,'/j/my mask.png']"]
+    # no mask on any edit: explicitly none (an item's own masks are overridden too)
+    assert EditRequest(masks=[None, None]).overrides([], None) == ["data.mask_paths=null"]
+    assert EditRequest().overrides([], None) == []  # None: the config's own
+
+
+def test_a_jobs_overrides_carry_its_masks_into_the_edit_config(tmp_path, clip15):
+    video, keyframe = clip15
+    state = app_state(tmp_path)
+    request = EditRequest(video=video, keyframes=[keyframe, keyframe], masks=["auto", keyframe])
+    overrides = state.job_overrides(request, tmp_path / "out")
+    assert f"data.mask_paths=['auto','{keyframe}']" in overrides
+    assert list(compose_edit(overrides).data.mask_paths) == ["auto", str(keyframe)]
+
+
+def test_overlay_mask_by_hand():
+    frame = np.full((4, 6, 3), 100, np.uint8)
+    frame[0, 0] = (0, 10, 255)
+    mask = np.zeros((4, 6), bool)
+    mask[:2, :3] = True
+    out = overlay_mask(frame, mask, colour=(255, 0, 64), alpha=0.5)
+    assert out[1, 1].tolist() == [178, 50, 82]  # (100 + 255) / 2 = 177.5 rounds up
+    assert out[0, 0].tolist() == [128, 5, 160]  # (0 + 255) / 2, 10 / 2, (255 + 64) / 2
+    assert (out[~mask] == frame[~mask]).all()  # the rest untouched
+    # a mask at another size is laid over the frame by nearest neighbour
+    small = np.zeros((2, 3), bool)
+    small[0, 0] = True
+    assert (overlay_mask(frame, small, (255, 0, 64)) != frame).any(-1).tolist() == [
+        [True, True, False, False, False, False],
+        [True, True, False, False, False, False],
+        [False] * 6,
+        [False] * 6,
+    ]
+
+
+def test_the_plan_shows_the_first_frames_mask_over_the_frame(tmp_path, clip15):
+    from i2vedit.tasks.inputs import first_frame_mask
+
+    video, keyframe = clip15
+    state = app_state(tmp_path)
+    request = EditRequest(video=video, keyframes=[keyframe], masks=["auto"])
+    cfg = compose_edit(state.job_overrides(request, tmp_path / "out"))
+    plan, _ = make_plan(cfg, 100)
+    assert state.slots.loaded == {}  # no model loaded
+    [(overlay, caption)] = plan.masks
+    assert caption.startswith("blue: auto mask")
+    mask = first_frame_mask(cfg, 0)
+    assert mask is not None and mask[14:30, 4:18].all() and not mask[40:, 40:].any()
+    first = read_video_frames(video)[0].numpy()
+    assert np.array_equal(overlay, overlay_mask(first, mask))
+    from i2vedit.app.ui import masks_html
+
+    shown = masks_html(plan.masks)
+    assert shown.count("<img") == 1 and "blue: auto mask" in shown
+    # no mask: nothing to show
+    plain = compose_edit(state.job_overrides(replace(request, masks=None), tmp_path / "o"))
+    assert make_plan(plain, 100)[0].masks == []
+
+
+def test_a_masked_job_shows_its_mask_video_beside_the_edit(tmp_path, clip15):
+    from i2vedit.app.ui import Page, results_html
+
+    video, keyframe = clip15
+    state = app_state(tmp_path)
+    page = Page(state)
+    job = state.folders.new()
+    with pytest.raises(InputError, match=r"^data.mask_paths\[0\]=None: upload a mask image"):
+        page.masks(job, ["image", "none"], [None, None], [keyframe])
+    mask_png = tmp_path / "upload" / "region.png"
+    region = np.zeros((48, 64), np.uint8)
+    region[10:34, 0:24] = 255
+    Image.fromarray(region).save(mask_png)
+    # two slots shown for two edited frames; the third slot is hidden and not read
+    masks = page.masks(job, ["image", "auto", "auto"], [str(mask_png), None, None], [keyframe] * 2)
+    assert masks == [job.inputs / "region.png", "auto"]
+    request = uploaded(state, job, clip15, "square.mp4", masks=masks[:1])
+    result = run_job(state, request, job)
+    assert list(result.masks) == ["blue"] and result.masks["blue"].name == "blue_mask.mp4"
+    shown = read_video_frames(result.masks["blue"]).numpy().mean(-1) > 127.5
+    assert len(shown) == result.frames == 15
+    assert shown[0, 12:32, 2:22].all() and not shown[0, 40:, 40:].any()
+    rerun = OmegaConf.load(result.rerun)
+    assert list(rerun.data.mask_paths) == ["region.png"]  # beside the other uploads
+    html = results_html(result)
+    assert html.index("blue.mp4") < html.index("blue_mask.mp4")  # beside the edit
+    assert html.count("<video") == 3  # source, edit, mask: played in step
+    state.folders.close()
+
+
 def test_the_three_beta_presets_come_from_the_sweep_config():
     assert sorted(beta_presets().values()) == [(0.4, 0.5), (0.5, 0.8), (0.8, 0.9)]
 
@@ -347,9 +442,19 @@ def test_the_page_edits_an_upload_and_reports_a_corrupt_one(served_app, clip15, 
         page.locator("#i2v-keyframes input[type=file]").set_input_files([str(keyframe)])
         # the source's first frame is offered for download once the video is in
         page.locator("#i2v-first-frame img").wait_for(timeout=60_000)
+        # one mask slot per edited frame, named by it: an automatic mask
+        page.get_by_text("masks: where each edit may change the video").click()
+        slot = page.locator("#i2v-mask-mode-0")
+        slot.get_by_text("mask of blue.png").wait_for(timeout=30_000)
+        slot.get_by_label("auto").check()
+        assert not page.locator("#i2v-mask-mode-1").is_visible()
         page.locator("#i2v-run").click()
         edited = page.locator("#i2v-results video").nth(1)
         edited.wait_for(timeout=180_000)
+        # the plan showed the mask over the first frame; the mask video sits beside the edit
+        assert page.locator("#i2v-plan-masks img").count() == 1
+        assert page.locator("#i2v-results video").count() == 3
+        assert page.locator("#i2v-results a.i2v-download", has_text="blue_mask.mp4").count() == 1
         state = edited.evaluate(
             """async (v) => {
               if (v.readyState < 1)

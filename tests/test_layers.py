@@ -112,7 +112,7 @@ def test_the_check_catches_a_planted_upward_import():
         planted.unlink()
     assert found == [
         "src/i2vedit/data/_planted_for_test.py:2: i2vedit.data._planted_for_test (layer 3) "
-        "imports i2vedit.tasks.edit.run_edit (layer 10)"
+        "imports i2vedit.tasks.edit.run_edit (layer 11)"
     ]
 
 

@@ -1,7 +1,8 @@
 """The toy model and items: the shipped weights load and stay small, the items generate their
 case into the cache, the pretraining script runs and round-trips its weights, and on three
 fixed held-out cases the full method beats I2V-from-noise and repeating the edited frame
-against the exact ground truth."""
+against the exact ground truth, and an automatic mask keeps the rest of the frame (outside
+the true edit region) while the edit inside it does not get worse."""
 
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ from i2vedit.toy.world import held_out_cases, make_case
 from tests.conftest import compose_edit
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments"))
-from toy_quality import score  # noqa: E402
+from toy_quality import edit_region, large_motion_order, score  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -102,7 +103,7 @@ def test_pretraining_script_round_trips_its_weights(tmp_path):
 #: recolor-1000016 (9.4), reshape-1000005 (9.2), recolor-1000012 (8.0). recolor-1000000 is
 #: left out, chosen after measuring: there the full method only ties the repeated frame on
 #: trajectory (11.0 vs 11.0 px; PSNR 22.57 vs 22.45 dB). docs/QUALITY.md has all 20 cases.
-QUALITY_CASES = (16, 5, 12)
+QUALITY_CASES = (16, 5, 12)  #: ``large_motion_order(held_out_cases(20))[1:4]``, checked below
 PSNR_MARGIN = 0.1  #: dB; smallest measured lead 0.28 (recolor-1000012 over repeat)
 TRAJECTORY_MARGIN = 0.5  #: px; smallest measured lead 0.89 (recolor-1000012 over noise)
 
@@ -112,8 +113,12 @@ def quality(toy_model, tmp_path_factory):
     work = tmp_path_factory.mktemp("quality")
     every = held_out_cases(max(QUALITY_CASES) + 1)
     cases = [every[i] for i in QUALITY_CASES]
-    scores = {"full": [], "noise": [], "repeat": []}
-    variants = {"full": [], "noise": ["inversion=none", "attention_matching=off"]}
+    scores = {"full": [], "noise": [], "auto": [], "repeat": []}
+    variants = {
+        "full": [],
+        "noise": ["inversion=none", "attention_matching=off"],
+        "auto": ["data.mask_paths=[auto]"],
+    }
     for case in cases:
         ensure_toy_case(work / "cache", case.name, len(case.source))
         for name, extra in variants.items():
@@ -134,6 +139,27 @@ def quality(toy_model, tmp_path_factory):
         repeat = np.repeat(case.edited_first[None], len(case.source), 0)
         scores["repeat"].append((case, repeat, score(case, repeat)))
     return scores
+
+
+def test_psnr_inside_and_outside_the_edit_region_by_hand():
+    """An output off by 6 levels outside the dilated truth mask only, frames 1..N."""
+    case = make_case("recolor", 7)
+    region = edit_region(case)
+    assert region[3, 30, 30] == case.target_mask[3, 30, 30]
+    assert (region >= case.target_mask).all() and region.sum() > case.target_mask.sum()
+    ys, xs = np.nonzero(case.target_mask[2])  # 2 px around the object: in; 3 px: not
+    assert region[2, ys.min() - 2, xs[ys.argmin()]] and not region[2, ys.min() - 3, xs[ys.argmin()]]
+    output = case.truth.astype(int)
+    output[~region] += np.where(output[~region] > 128, -6, 6)
+    output[0] = 0  # frame 0 (the given edit) is not scored
+    got = score(case, output.astype(np.uint8))
+    assert got.psnr_inside == 100.0  # the cap: equal
+    assert got.psnr_outside == pytest.approx(10 * np.log10(255**2 / 36))
+
+
+def test_the_quality_cases_are_the_large_motion_ones():
+    """The rule stated above, from the truth alone (the first is left out as stated)."""
+    assert tuple(large_motion_order(held_out_cases(20))[1:4]) == QUALITY_CASES
 
 
 @pytest.mark.parametrize("rival", ["noise", "repeat"])
@@ -160,3 +186,38 @@ def test_edited_colour_survives_to_the_last_frame(quality):
         last = output[-1].astype(int)
         close = (np.abs(last - np.array(case.edit_color)).max(axis=-1) < 60).sum()
         assert close >= 0.3 * case.target_mask[-1].sum(), (case.name, close)
+
+
+OUTSIDE_PSNR = 35.0  #: dB outside the true edit region with an automatic mask (issue 17's goal)
+INSIDE_SLACK = 0.3  #: dB the edit region may lose against the unmasked run (issue 17)
+#: dB an automatic mask must gain outside the edit region over the unmasked run; measured
+#: gains 1.13 (recolor-1000016), 5.63 (reshape-1000005), 0.86 (recolor-1000012)
+OUTSIDE_GAIN = 0.5
+
+
+def test_an_auto_mask_does_not_lose_the_edit(quality):
+    """With ``data.mask_paths=[auto]``, PSNR against the truth inside the true edit region (the
+    edited object's pixels in the truth, dilated by 2 px; frames 1..N) is no more than 0.3 dB
+    below the unmasked full method's (measured: -0.11, +1.48, +0.01 dB)."""
+    for (case, _, full), (_, _, auto) in zip(quality["full"], quality["auto"], strict=True):
+        assert auto.psnr_inside >= full.psnr_inside - INSIDE_SLACK, (case.name, full, auto)
+
+
+def test_an_auto_mask_keeps_more_of_the_rest_of_the_frame(quality):
+    """Outside the true edit region an automatic mask brings the output closer to the truth
+    than the unmasked run, on every case (margin ``OUTSIDE_GAIN``)."""
+    for (case, _, full), (_, _, auto) in zip(quality["full"], quality["auto"], strict=True):
+        assert auto.psnr_outside >= full.psnr_outside + OUTSIDE_GAIN, (case.name, full, auto)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="issue 17's goal, not met yet (measured 19.0 / 28.8 / 19.6 dB): the toy source "
+    "reaches the pipeline as H.264 (21.6 / 32.5 / 22.3 dB from the truth outside the region "
+    "before any edit) and the mask's 3-4 px margin around the object is model output",
+)
+def test_an_auto_mask_keeps_the_rest_of_the_frame_at_35_db(quality):
+    """The issue's bound: at least 35 dB outside the true edit region with an automatic mask
+    (strict: this test fails once the goal is met, so that the mark is removed)."""
+    for case, _, auto in quality["auto"]:
+        assert auto.psnr_outside >= OUTSIDE_PSNR, (case.name, auto)

@@ -111,6 +111,14 @@ class DataConfig:
     #: first frame and exact ground truth are generated into the cache on first use
     toy_case: str | None = None
     toy_frames: int = 8  #: frames of the toy case's video
+    #: per keyframe: "auto", null, a first-frame mask image, or a folder / video of per-frame
+    #: masks (i2vedit.masks); None: no masks (every pixel is the model's)
+    mask_paths: list[Any] | None = None
+    mask_threshold: float = 0.1  #: auto: mean |RGB difference| / 255 that marks an edit
+    mask_dilate: int = 1  #: auto: pixels the difference region grows by
+    mask_safety: int = 1  #: pixels a propagated mask grows by, frames 1 on
+    mask_feather: int = 2  #: pixels over which the composite fades to the source
+    mask_preserve: float = 0.5  #: leading fraction of steps whose outside latents are the source's
 
 
 def is_demo(cfg: DictConfig) -> bool:
@@ -171,6 +179,19 @@ def check_data(cfg: DictConfig) -> None:
         _existing_file("data.video_path", data.video_path)
     for path in data.keyframe_paths or []:
         _existing_file("data.keyframe_paths", path)
+    check_masks(cfg)
+
+
+def check_masks(cfg: DictConfig) -> None:
+    """The mask settings and list (the mask files are read with the inputs)."""
+    data = cfg.data
+    if not 0 <= data.mask_threshold < 1:
+        raise InputError("data.mask_threshold", data.mask_threshold, "must be in [0, 1)")
+    for key in ("mask_dilate", "mask_safety", "mask_feather"):
+        if data[key] < 0:
+            raise InputError(f"data.{key}", data[key], "must be >= 0 (pixels)")
+    _fraction(cfg, "data.mask_preserve")
+    # the list itself (its length, its files) is checked with the inputs: tasks.inputs
 
 
 # --------------------------------------------------------------------------- model

@@ -109,9 +109,12 @@ def resize_frames(frames: ArrayLike, height: int, width: int) -> np.ndarray:
     return np.stack([resize_image(f, height, width) for f in arr])
 
 
-def _resize_mask(mask: np.ndarray, height: int, width: int) -> np.ndarray:
-    if mask.shape == (height, width):
+def resize_mask(mask: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Resize bool masks (H, W) or (N, H, W) with PIL nearest (no-op when the size matches)."""
+    if mask.shape[-2:] == (height, width):
         return mask
+    if mask.ndim == 3:
+        return np.stack([resize_mask(m, height, width) for m in mask])
     img = Image.fromarray(mask.astype(np.uint8) * 255)
     return np.asarray(img.resize((width, height), Image.Resampling.NEAREST)) > 0
 
@@ -125,7 +128,8 @@ def psnr(a: ArrayLike, b: ArrayLike, mask: ArrayLike | None = None) -> float:
     """Peak signal-to-noise ratio (dB) on the 0..255 scale, over all pixels and channels.
 
     ``a`` and ``b`` have the same shape: (H, W, C) or (N, H, W, C) (or (H, W)). With ``mask``
-    (bool (H, W), shared by all frames) only the pixels where it is True count; the mean
+    (bool (H, W), shared by all frames, or (N, H, W), one per frame) only the pixels where it
+    is True count; the mean
     squared error is pooled over every frame before taking the log. Identical inputs give
     ``PSNR_CAP_DB`` (100 dB) instead of infinity, and any larger value is capped to it; an
     empty mask gives NaN.
@@ -140,11 +144,12 @@ def psnr(a: ArrayLike, b: ArrayLike, mask: ArrayLike | None = None) -> float:
         if sq.ndim == 2:
             sq = sq[..., None]
         h, w = sq.shape[-3], sq.shape[-2]
-        if m.shape != (h, w):
-            raise ValueError(f"mask must have shape {(h, w)}, got {m.shape}")
+        sq = sq.reshape(-1, h, w, sq.shape[-1])
+        if m.shape not in ((h, w), (len(sq), h, w)):
+            raise ValueError(f"mask must have shape {(h, w)} or {(len(sq), h, w)}, got {m.shape}")
         if not m.any():
             return float("nan")
-        sq = sq.reshape(-1, h, w, sq.shape[-1])[:, m]
+        sq = sq[:, m] if m.ndim == 2 else sq[m]
     mse = float(sq.mean())
     if mse == 0.0:
         return PSNR_CAP_DB
@@ -441,7 +446,8 @@ def edit_mask(
 def preservation_psnr(source_frames: ArrayLike, edited_frames: ArrayLike, mask: ArrayLike) -> float:
     """PSNR of the edited frames against the source over every frame, outside ``mask``.
 
-    ``mask`` is bool (H, W) with True marking the edited region, which is left out; the squared
+    ``mask`` is bool (H, W) (or (N, H, W), per frame) with True marking the edited region,
+    which is left out; the squared
     error is pooled over all frames. Equal frame counts and sizes are required. NaN when the
     mask covers the whole frame; 100 dB (the cap) when the rest is untouched.
     """
@@ -607,7 +613,8 @@ def evaluate(
     if src is not None and (mask is not None or keyframe is not None):
         sh, sw = src.shape[1:3]
         if mask is not None:
-            region = _resize_mask(_np(mask).astype(bool), sh, sw)
+            region = resize_mask(_np(mask).astype(bool), sh, sw)
+            region = region[: len(src)] if region.ndim == 3 else region  # one per frame
             result["mask_source"] = "given"
         else:
             region = edit_mask(keyframe, src[0], mask_threshold)  # type: ignore[arg-type]

@@ -18,3 +18,8 @@ def edited_name(stem: str) -> str:
 def last_frame_name(stem: str) -> str:
     """The saved last frame of the edit of ``<stem>.png``."""
     return f"{stem}{LAST_FRAME_SUFFIX}"
+
+
+def mask_name(stem: str) -> str:
+    """The masks a masked edit of ``<stem>.png`` used, one per frame of ``<stem>.mp4``."""
+    return f"{stem}_mask.mp4"

@@ -55,7 +55,7 @@ from i2vedit.inversion.recompute import RecomputeStore
 from i2vedit.inversion.sarp import sarp
 from i2vedit.models.svd import LoadedModel
 from i2vedit.progress import step_progress
-from i2vedit.sampling.sampler import sample
+from i2vedit.sampling.sampler import Preservation, sample
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +82,9 @@ class SourceInversion:
     latents: torch.Tensor | None  #: inverted latents at unit scale; None with inversion=none
     store: AttentionStore  #: the source's attention records (or their recomputation)
     scratch: Path | None = None  #: records written outside the cache, removed by ``close``
+    #: (N+1, 1, F, C, h, w) the inversion's latents at its sigmas (latent preservation); None
+    #: when not kept
+    trajectory: torch.Tensor | None = None
 
     def close(self) -> None:
         if isinstance(self.store, DiskStore):
@@ -149,17 +152,20 @@ def invert_clip(
     kv: KeyValues | None = None,
     backend: str = "memory",
     cache_log: CacheLog | None = None,
+    trajectory: bool = False,
 ) -> SourceInversion:
     """Stage 4: SARP, VAE encoding and EDM inversion of the clip (F, 3, h, w), keeping what the
     ``backend`` needs for matching (records in memory or on disk, or the trajectory to
-    recompute them from); taken from (and saved to) the cache ``entry``, computed once: a job
-    that finds another job computing it waits, then loads it."""
+    recompute them from) and, with ``trajectory`` (masked edits), the inversion's latents at
+    each sigma; taken from (and saved to) the cache ``entry`` (the trajectory is a tensor of
+    the same entry, not part of its key), computed once: a job that finds another job
+    computing it waits, then loads it."""
     am, kv = cfg.attention_matching, kv or KeyValues()
     if cfg.inversion.method == "none":
         return SourceInversion(None, MemoryStore())
     backend = backend if am.enabled else "none"
     cache_log = cache_log or CacheLog()
-    args = (cfg, model, clip, sigmas, entry, kv, backend, cache_log)
+    args = (cfg, model, clip, sigmas, entry, kv, backend, cache_log, trajectory)
     found = _cached_inversion(*args, say=True)
     if found is not None:
         return found
@@ -179,11 +185,13 @@ def _cached_inversion(
     kv: KeyValues,
     backend: str,
     cache_log: CacheLog,
+    keep_trajectory: bool,
     say: bool = False,
 ) -> SourceInversion | None:
-    """The inversion from the cache ``entry``, if it is there and serves ``backend``."""
+    """The inversion from the cache ``entry``, if it is there and serves ``backend`` (and holds
+    the trajectory when ``keep_trajectory``)."""
     cached = entry.load() if entry is not None else None
-    if cached is not None and not _serves(cached, entry, backend, kv):
+    if cached is not None and not _serves(cached, entry, backend, kv, keep_trajectory):
         if say:
             log.info("%s holds no attention data for store=%s: inverting again", entry, backend)
         cached = None
@@ -202,7 +210,8 @@ def _cached_inversion(
             )
         else:
             store = store_from_tensors(cached.get("records", {}), model.device)
-        return SourceInversion(latents, store)
+        kept = cached["latents"]["trajectory"] if keep_trajectory else None
+        return SourceInversion(latents, store, trajectory=kept)
     return None
 
 
@@ -215,6 +224,7 @@ def _compute_inversion(
     kv: KeyValues,
     backend: str,
     cache_log: CacheLog,
+    keep_trajectory: bool,
     seconds: dict[str, float],
 ) -> SourceInversion:
     """SARP, encoding and inversion of the clip, saved to the cache ``entry``."""
@@ -231,7 +241,8 @@ def _compute_inversion(
         recorder = kv.apply(AttentionRecorder(DiscardStore()))
     else:
         recorder = kv.apply(AttentionRecorder(store) if recording else AttentionController())
-    trajectory = [] if am.enabled else None  # cheap, and any later run may recompute from it
+    # cheap, and any later run may recompute from it (or preserve latents along it)
+    trajectory = [] if am.enabled or keep_trajectory else None
     try:
         with step_progress("inversion", cfg.num_steps) as advance:
             inverted = edm_invert(
@@ -271,7 +282,8 @@ def _compute_inversion(
             model.dtype,
             kv.extra,
         )
-    return SourceInversion(inverted, store, scratch)
+    kept = files["latents"]["trajectory"] if keep_trajectory else None
+    return SourceInversion(inverted, store, scratch, kept)
 
 
 def _record_store(
@@ -317,10 +329,15 @@ def _save_inversion(
         )
 
 
-def _serves(cached: dict, entry: TensorEntry, backend: str, kv: KeyValues) -> bool:
+def _serves(
+    cached: dict, entry: TensorEntry, backend: str, kv: KeyValues, keep_trajectory: bool
+) -> bool:
     """Whether a cached inversion holds what this run's store backend (and skip-interval
-    capture) needs; entries are keyed without the backend, so a run may find another's."""
+    capture, and latent preservation) needs; entries are keyed without the backend, so a run
+    may find another's."""
     if kv.capture is not None and "kv" not in cached:
+        return False
+    if keep_trajectory and "trajectory" not in cached["latents"]:
         return False
     if backend == "disk":
         return any(name.startswith(f"{RECORDS_DIR}/") for name in entry.files)
@@ -392,9 +409,11 @@ def edit_clip(
     latent_shape: tuple[int, ...],
     label: str,
     kv: KeyValues | None = None,
+    preservation: Preservation | None = None,
 ) -> torch.Tensor:
     """Guided sampling of one edit of one clip, from the inverted latents, with the source's
-    attention matched (``matching``; None: plain attention). Returns clean latents."""
+    attention matched (``matching``; None: plain attention) and, with ``preservation``, the
+    latents outside the edit mask following the source's trajectory. Returns clean latents."""
     start = source.latents
     if start is None:
         start = torch.randn(latent_shape, generator=seeded_generator(cfg.seed)).to(model.device)
@@ -402,7 +421,7 @@ def edit_clip(
     controller = (kv or KeyValues()).apply(matcher or AttentionController())
     with step_progress(label, cfg.num_steps) as advance:
         guidance = guidance_scales(ConditioningParams(**cfg.conditioning), latent_shape[1])
-        return sample(model.unet, start, cond, sigmas, guidance, controller, on_step=advance)
+        return sample(model.unet, start, cond, sigmas, guidance, controller, advance, preservation)
 
 
 def decode_clip(

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
@@ -35,6 +36,10 @@ MODELS = MODEL_OPTIONS  #: the conf/model options a job may pick: tiny, toy, svd
 RERUN_NAME = "rerun.yaml"  #: the job's config, rerunnable with i2vedit-edit beside the inputs
 OUTPUT_DIR = "out"
 INPUT_DIR = "inputs"
+AUTO_MASK = "auto"  #: the ``data.mask_paths`` entry of a mask computed from the edit
+#: the colour (RGB) and opacity of an edit's mask laid over the source's first frame
+OVERLAY_COLOUR = (255, 0, 96)
+OVERLAY_ALPHA = 0.5
 
 _compose_lock = threading.Lock()
 
@@ -99,6 +104,9 @@ class EditRequest:
     item: str | None = None  #: a conf/item name; None: the uploaded video
     video: Path | None = None  #: an uploaded source video (with an item: replaces its video)
     keyframes: list[Path] = field(default_factory=list)  #: uploaded edited first frames
+    #: per edited first frame, its mask: ``AUTO_MASK``, a mask image, or None (no mask);
+    #: None as a whole leaves the config's (or the item's) ``data.mask_paths``
+    masks: list[str | Path | None] | None = None
     start_t: float | None = None
     end_t: float | None = None  #: None or 0: the end of the video
     sample_fps: float | None = None
@@ -130,6 +138,8 @@ class EditRequest:
             out += [f"data.video_path={_quote(str(self.video))}", "data.toy_case=null"]
         if self.keyframes:
             out.append(f"data.keyframe_paths={_quote([str(p) for p in self.keyframes])}")
+        if self.masks is not None:
+            out.append(f"data.mask_paths={_quote(mask_entries(self.masks) or None)}")
         for key, value in (
             ("data.start_t", self.start_t),
             ("data.sample_fps", self.sample_fps),
@@ -167,6 +177,15 @@ class EditRequest:
         if output_dir is not None:
             out.append(f"output_dir={_quote(str(output_dir))}")
         return out
+
+
+def mask_entries(masks: list[str | Path | None]) -> list[str | None]:
+    """``data.mask_paths`` of per-edit masks: ``AUTO_MASK``, a path as a string, or None (no
+    mask); trailing Nones dropped (a shorter list leaves the later edits unmasked)."""
+    entries = [None if m is None else str(m) for m in masks]
+    while entries and entries[-1] is None:
+        entries.pop()
+    return entries
 
 
 # ----------------------------------------------------------------------------- uploads
@@ -317,6 +336,8 @@ class Plan:
     columns: list[str]
     rows: list[list[str]]
     caption: str
+    #: per masked edit: its first frame's mask over the source's first frame, and a caption
+    masks: list[tuple[np.ndarray, str]] = field(default_factory=list)
 
     def markdown(self) -> str:
         def cell(text: str) -> str:
@@ -343,6 +364,7 @@ class JobResult:
     metrics: dict[str, dict]
     seconds: dict[str, float]
     frames: int  #: frames per edited video
+    masks: dict[str, Path] = field(default_factory=dict)  #: per masked edit, its mask video
 
 
 def make_plan(cfg: DictConfig, max_frames: int) -> tuple[Plan, PreparedEdit]:
@@ -359,7 +381,44 @@ def make_plan(cfg: DictConfig, max_frames: int) -> tuple[Plan, PreparedEdit]:
             f"{sampled} frames would be sampled; this app edits at most max_frames={max_frames} "
             "(shorten the time range or lower the fps)",
         )
-    return Plan(*plan_table(cfg, prepared.inputs, prepared.plans)), prepared
+    return Plan(
+        *plan_table(cfg, prepared.inputs, prepared.plans), mask_overlays(prepared)
+    ), prepared
+
+
+def overlay_mask(
+    frame: np.ndarray,
+    mask: np.ndarray,
+    colour: tuple[int, int, int] = OVERLAY_COLOUR,
+    alpha: float = OVERLAY_ALPHA,
+) -> np.ndarray:
+    """uint8 (H, W, 3): ``frame`` with ``colour`` blended in at ``alpha`` where ``mask`` (bool,
+    resized to the frame by nearest neighbour when its size differs) is True, rounded half up;
+    the rest unchanged."""
+    from PIL import Image
+
+    h, w = frame.shape[:2]
+    if mask.shape != (h, w):
+        mask = np.asarray(Image.fromarray(mask).resize((w, h), Image.NEAREST))
+    out = frame.copy()
+    blend = frame[mask].astype(np.float64) * (1 - alpha) + np.asarray(colour) * alpha
+    out[mask] = np.floor(blend + 0.5).astype(np.uint8)
+    return out
+
+
+def mask_overlays(prepared: PreparedEdit) -> list[tuple[np.ndarray, str]]:
+    """Each masked edit's first-frame mask (as the edit will use it, read before any model
+    loads) over the first selected source frame, with a caption naming the edit."""
+    inputs = prepared.inputs
+    frame = inputs.source.clips[0].frames[0].numpy()
+    out = []
+    for keyframe in inputs.keyframes:
+        mask = keyframe.mask
+        if mask is not None:
+            share = 100 * float(mask.first.mean())
+            caption = f"{keyframe.stem}: {mask.kind} mask, {share:.1f}% of the first frame"
+            out.append((overlay_mask(frame, mask.first), caption))
+    return out
 
 
 def write_rerun_config(cfg: DictConfig, job: Job) -> Path:
@@ -377,10 +436,12 @@ def write_rerun_config(cfg: DictConfig, job: Job) -> Path:
     d = data["data"]
     if d.get("video_path") and Path(d["video_path"]).parent == job.inputs:
         d["video_path"] = Path(d["video_path"]).name
-    if d.get("keyframe_paths"):
-        d["keyframe_paths"] = [
-            Path(p).name if Path(p).parent == job.inputs else p for p in d["keyframe_paths"]
-        ]
+    for key in ("keyframe_paths", "mask_paths"):
+        if d.get(key):
+            d[key] = [
+                Path(p).name if p is not None and Path(p).parent == job.inputs else p
+                for p in d[key]
+            ]
     data["output_dir"] = f"outputs/{cfg.name or 'app'}-{job.id}"
     path = job.outputs / RERUN_NAME
     path.write_text(OmegaConf.to_yaml(OmegaConf.create(data)))
@@ -514,6 +575,7 @@ def run_job(
         result.metrics,
         result.seconds,
         frames,
+        dict(result.masks),
     )
 
 

@@ -20,10 +20,12 @@ from pathlib import Path
 from typing import Any
 
 import gradio as gr
+import numpy as np
 from fastapi import FastAPI, HTTPException
 from fastapi.responses import FileResponse
 
 from i2vedit.app.jobs import (
+    AUTO_MASK,
     MODELS,
     AppState,
     EditRequest,
@@ -49,6 +51,9 @@ log = logging.getLogger(__name__)
 UPLOAD = "(upload a video)"
 ITEM_MODEL = "(the item's model)"
 CUSTOM = "custom"
+MASK_SLOTS = 4  #: edited first frames that get a mask input; later ones are left unmasked
+NO_MASK, IMAGE_MASK = "none", "image"
+MASK_MODES = (NO_MASK, AUTO_MASK, IMAGE_MASK)
 
 #: keeps the source and the edits of one result in step: play, pause and seek move them all
 SYNC_JS = """
@@ -75,6 +80,9 @@ CSS = """
 .i2v-sync figure { margin: 0; }
 .i2v-sync video { width: 320px; max-width: 100%; background: #000; }
 .i2v-error { color: #b00020; font-family: monospace; }
+.i2v-masks { display: flex; flex-wrap: wrap; gap: 12px; }
+.i2v-masks figure { margin: 0; }
+.i2v-masks img { width: 256px; image-rendering: pixelated; }
 """
 
 
@@ -122,9 +130,12 @@ class Page:
         seed: float,
         model: str,
         model_path: str,
+        mask_modes: list[str] | None = None,
+        mask_files: list[str | None] | None = None,
     ) -> EditRequest:
         """The page's fields as an ``EditRequest``; uploads are checked and, given a job,
-        copied into its folder."""
+        copied into its folder. ``mask_modes`` (none, auto, image) and ``mask_files`` are the
+        mask slots, one per edited first frame (an item's own: the first slot)."""
         s = self.state.settings
         chosen_item = None if item in (None, UPLOAD) else item
         if chosen_item is None and not video:
@@ -165,7 +176,42 @@ class Page:
             seed=int(seed),
             model=None if model in (None, ITEM_MODEL) else model,
             model_path=model_path or None,
+            masks=None if mask_modes is None else self.masks(job, mask_modes, mask_files, frames),
         )
+
+    def masks(
+        self,
+        job: Job | None,
+        modes: list[str],
+        files: list[str | None] | None,
+        keyframes: list[Path],
+    ) -> list[str | Path | None]:
+        """Per edited first frame (the visible slots), ``AUTO_MASK``, its checked mask image
+        (copied into the job's folder) or None."""
+        s = self.state.settings
+        files = list(files or [None] * len(modes))
+        out: list[str | Path | None] = []
+        for i, (mode, path) in enumerate(zip(modes, files, strict=True)):
+            if i >= max(1, len(keyframes)):
+                break
+            key = f"data.mask_paths[{i}]"
+            if mode == AUTO_MASK:
+                out.append(AUTO_MASK)
+            elif mode == IMAGE_MASK:
+                if not path:
+                    raise InputError(key, None, "upload a mask image (white: the edited region)")
+                name = Path(path).name
+                check_upload(Path(path), key, list(s.image_types), s.max_upload_mb, name)
+                out.append(
+                    Path(path)
+                    if job is None
+                    else self.state.folders.add_upload(job, Path(path), name)
+                )
+            elif mode in (NO_MASK, None):
+                out.append(None)
+            else:
+                raise InputError(key, mode, f"expected one of {list(MASK_MODES)}")
+        return out
 
     # ---- handlers
 
@@ -199,6 +245,34 @@ class Page:
             model,
         ]
 
+    def mask_modes_of(self, item: str) -> list[str]:
+        """The mask slots as an item sets ``data.mask_paths`` (auto, or none; the app's
+        defaults for an upload)."""
+        cfg = self.defaults
+        if item not in (None, UPLOAD):
+            try:
+                cfg = compose_edit([*self.state.base_overrides(), f"+item={item}"])
+            except InputError:
+                pass
+        given = list(cfg.data.mask_paths or [])
+        return [
+            AUTO_MASK if i < len(given) and given[i] == AUTO_MASK else NO_MASK
+            for i in range(MASK_SLOTS)
+        ]
+
+    def mask_slots(self, keyframes: list[str] | None) -> list:
+        """Show one mask slot per edited first frame (one for an item's own), named by it."""
+        names = [Path(k).name for k in keyframes or []]
+        shown = max(1, len(names))
+        radios = [
+            gr.update(
+                visible=i < shown,
+                label=f"mask of {names[i] if i < len(names) else 'the edited first frame'}",
+            )
+            for i in range(MASK_SLOTS)
+        ]
+        return [*radios, *(gr.update(visible=i < shown) for i in range(MASK_SLOTS))]
+
     def first_frame(self, item: str, video: str | None, start_t: float):
         """The source's first frame (at start_t), to download and edit elsewhere."""
         if item in (None, UPLOAD) and not video:
@@ -222,12 +296,15 @@ class Page:
         return str(png), str(png), ""
 
     def plan(self, values: dict[str, Any]):
+        """The plan table and each masked edit's first-frame mask over the frame, or an
+        error line; no model loads."""
         try:
             request = self.request(None, **values)
             cfg = compose_edit([*self.state.job_overrides(request, None), "output_dir=unused"])
-            return make_plan(cfg, self.state.settings.max_frames)[0].markdown(), ""
+            plan = make_plan(cfg, self.state.settings.max_frames)[0]
+            return plan.markdown(), masks_html(plan.masks), ""
         except InputError as err:
-            return "", _error_line(err)
+            return "", "", _error_line(err)
 
     def submit(self, request: gr.Request):
         """Runs at once (not queued): a new ticket for this session's submission."""
@@ -251,7 +328,7 @@ class Page:
         """Plan, then edit, streaming (plan, stages, status, results) to the page."""
         ticket = self.tickets.setdefault(request.session_hash, Ticket())
         if ticket.cancel.is_set():
-            yield "", "", "cancelled before it started", ""
+            yield "", "", "", "cancelled before it started", ""
             return
         folders = self.state.folders
         job = folders.new()
@@ -272,22 +349,22 @@ class Page:
                 outcome["error"] = err
 
         worker = threading.Thread(target=work, name=f"i2vedit-job-{job.id}", daemon=True)
-        plan_md, status = "", "running"
+        plan_md, masks, status = "", "", "running"
         try:
             worker.start()
-            yield "", "", "checking the input and planning...", ""
+            yield "", "", "", "checking the input and planning...", ""
             while worker.is_alive() or not events.empty():
                 try:
                     event = events.get(timeout=0.25)
                 except queue.Empty:
                     continue
                 if isinstance(event, Plan):
-                    plan_md = event.markdown()
+                    plan_md, masks = event.markdown(), masks_html(event.masks)
                 else:
                     stage, done, total = event
                     stages[stage] = (done, total)
                     progress((done, total), desc=stage)
-                yield plan_md, _stages_markdown(stages), status, ""
+                yield plan_md, masks, _stages_markdown(stages), status, ""
             worker.join()
         finally:
             if worker.is_alive():  # the page went away mid-job: stop it at the next step
@@ -307,14 +384,33 @@ class Page:
             else:
                 log.error("job %s failed", job.id, exc_info=error)
                 status = f"error: {type(error).__name__}: {error}"
-            yield plan_md, _stages_markdown(stages), status, ""
+            yield plan_md, masks, _stages_markdown(stages), status, ""
             return
         result: JobResult = outcome["result"]
         folders.finish(job)
         self.sessions.setdefault(request.session_hash, []).append(job)
         total = sum(result.seconds.values())
         status = f"done in {total:.1f} s: {len(result.edited)} edit(s), {result.frames} frames each"
-        yield plan_md, _stages_markdown(stages), status, results_html(result)
+        yield plan_md, masks, _stages_markdown(stages), status, results_html(result)
+
+
+def masks_html(masks: list[tuple[np.ndarray, str]]) -> str:
+    """The plan's mask overlays as captioned images (inline PNGs, shown pixel-sharp)."""
+    import base64
+    import io
+
+    from PIL import Image
+
+    parts = []
+    for image, caption in masks:
+        png = io.BytesIO()
+        Image.fromarray(image).save(png, format="PNG")
+        data = base64.b64encode(png.getvalue()).decode("ascii")
+        parts.append(
+            f'<figure><img src="data:image/png;base64,{data}" alt="{html.escape(caption)}">'
+            f"<figcaption>{html.escape(caption)}</figcaption></figure>"
+        )
+    return f'<div class="i2v-masks">{"".join(parts)}</div>' if parts else ""
 
 
 def _stages_markdown(stages: dict[str, tuple[int, int]]) -> str:
@@ -328,8 +424,8 @@ def _stages_markdown(stages: dict[str, tuple[int, int]]) -> str:
 
 
 def results_html(result: JobResult) -> str:
-    """Each edit beside the source (played in step), download links, the metrics and the
-    config to rerun the edit with i2vedit-edit."""
+    """Each edit beside the source and, for a masked edit, its mask video (all played in
+    step), download links, the metrics and the config to rerun the edit with i2vedit-edit."""
     job = result.job.id
 
     def url(path: Path, download: bool = False) -> str:
@@ -346,10 +442,12 @@ def results_html(result: JobResult) -> str:
 
     parts = []
     for edited in result.edited:
+        shown = [video(result.source, "source"), video(edited, edited.stem)]
+        if edited.stem in result.masks:
+            shown.append(video(result.masks[edited.stem], f"{edited.stem}: mask"))
         parts.append(
             f'<div class="i2v-sync" id="i2v-result-{html.escape(edited.stem)}">'
-            + video(result.source, "source")
-            + video(edited, edited.stem)
+            + "".join(shown)
             + "</div>"
         )
     rows = describe_metrics(result.metrics)
@@ -414,6 +512,29 @@ def build_page(state: AppState) -> tuple[gr.Blocks, Page, gr.themes.Base]:
                     file_count="multiple",
                     elem_id="i2v-keyframes",
                 )
+                mask_modes, mask_files, modes = [], [], page.mask_modes_of(UPLOAD)
+                with gr.Accordion("masks: where each edit may change the video", open=False):
+                    for i in range(MASK_SLOTS):
+                        with gr.Row():
+                            mask_modes.append(
+                                gr.Radio(
+                                    list(MASK_MODES),
+                                    value=modes[i],
+                                    label="mask of the edited first frame",
+                                    info="none: the whole frame; auto: where the edited frame "
+                                    "differs from the source; image: white marks the region",
+                                    visible=i == 0,
+                                    elem_id=f"i2v-mask-mode-{i}",
+                                )
+                            )
+                            mask_files.append(
+                                gr.File(
+                                    label="mask image",
+                                    file_types=list(s.image_types),
+                                    visible=i == 0,
+                                    elem_id=f"i2v-mask-file-{i}",
+                                )
+                            )
                 with gr.Row():
                     start_t = gr.Number(
                         float(d.data.start_t), label="start (s)", minimum=0, elem_id="i2v-start"
@@ -466,6 +587,7 @@ def build_page(state: AppState) -> tuple[gr.Blocks, Page, gr.themes.Base]:
             cancel_button = gr.Button("cancel", variant="stop", elem_id="i2v-cancel")
         status = gr.Markdown(elem_id="i2v-status")
         plan = gr.Markdown(elem_id="i2v-plan-table")
+        plan_masks = gr.HTML(elem_id="i2v-plan-masks")
         stages = gr.Markdown(elem_id="i2v-stages")
         results = gr.HTML(elem_id="i2v-results", js_on_load=None)
 
@@ -489,10 +611,13 @@ def build_page(state: AppState) -> tuple[gr.Blocks, Page, gr.themes.Base]:
             "model": model,
             "model_path": model_path,
         }
-        fields = set(named.values())  # Gradio then passes one {component: value} dict
+        slots = {"mask_modes": mask_modes, "mask_files": mask_files}
+        # Gradio then passes one {component: value} dict
+        fields = {*named.values(), *mask_modes, *mask_files}
 
         def by_name(data: dict) -> dict[str, Any]:
-            return {name: data[component] for name, component in named.items()}
+            values = {name: data[component] for name, component in named.items()}
+            return values | {name: [data[c] for c in group] for name, group in slots.items()}
 
         def plan_on_page(data: dict):
             return page.plan(by_name(data))
@@ -510,13 +635,17 @@ def build_page(state: AppState) -> tuple[gr.Blocks, Page, gr.themes.Base]:
         settings += [lora_steps, sarp, num_steps, seed, model]
         frame_io = ([item, video, start_t], [first, first_file, status])
         item.change(page.settings_of, item, settings).then(page.first_frame, *frame_io)
+        item.change(page.mask_modes_of, item, mask_modes)
+        keyframes.change(page.mask_slots, keyframes, [*mask_modes, *mask_files])
+        for mode, file in zip(mask_modes, mask_files, strict=True):
+            file.upload(lambda _: IMAGE_MASK, file, mode, queue=False)
         for trigger in (video.change, start_t.change):
             trigger(page.first_frame, *frame_io)
-        plan_button.click(plan_on_page, fields, [plan, status])
+        plan_button.click(plan_on_page, fields, [plan, plan_masks, status])
         run_button.click(page.submit, None, status, queue=False).then(
             run_on_page,
             fields,
-            [plan, stages, status, results],
+            [plan, plan_masks, stages, status, results],
             concurrency_limit=len(state.slots),
             concurrency_id="edit",
         )

@@ -15,6 +15,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
@@ -26,6 +27,7 @@ from i2vedit.core.lora import load_lora, remove_lora
 from i2vedit.data.resize import ResolutionPlan, to_model_frames
 from i2vedit.data.video import read_video_frames, write_video
 from i2vedit.files import write_json, write_text
+from i2vedit.masks import composite, feather, latent_weights
 from i2vedit.metrics import evaluate
 from i2vedit.models.registry import model_kind
 from i2vedit.models.svd import LoadedModel, load_model
@@ -36,6 +38,7 @@ from i2vedit.outputs import (
     SOURCE_NAME,
     edited_name,
     last_frame_name,
+    mask_name,
 )
 from i2vedit.runner import (
     CacheLog,
@@ -49,6 +52,7 @@ from i2vedit.runner import (
     matching_params,
     stopwatch,
 )
+from i2vedit.sampling.sampler import Preservation
 from i2vedit.tasks.chain import ChainLink, join_clips, link_from_tensors, save_last_frame
 from i2vedit.tasks.inputs import EditInputs, Keyframe
 from i2vedit.tasks.plan import ClipPlan, PreparedEdit, prepare_edit, show_plan
@@ -73,11 +77,14 @@ class EditResult:
     metrics: dict[str, dict] = field(default_factory=dict)
     metrics_path: Path | None = None
     run_path: Path | None = None  #: run.json: seconds, cache hits and computations, metrics
+    #: per keyframe stem of a masked edit, its ``<stem>_mask.mp4`` (the masks it used)
+    masks: dict[str, Path] = field(default_factory=dict)
 
     @property
     def written(self) -> list[Path]:
         extra = [p for p in (self.metrics_path, self.run_path) if p is not None]
-        return [*self.edited, self.source, self.config, *self.last_frames, *extra]
+        masks = list(self.masks.values())
+        return [*self.edited, *masks, self.source, self.config, *self.last_frames, *extra]
 
 
 def run_edit(
@@ -210,8 +217,9 @@ class EditRun:
             if self.cfg.attention_matching.enabled:
                 log.info("attention store: %s (%s)", self.backend, why)
         self.train_lora(plan)
+        masked = not plan.anchor and any(k.mask is not None for k in pending)
         with torch.inference_mode():
-            source = self.invert(plan, first, sigmas)  # 4
+            source = self.invert(plan, first, sigmas, masked)  # 4
             try:
                 if plan.lora is not None:  # inversion never runs with the LoRA
                     load_lora(self.model.unet, plan.lora.checkpoint, self.cfg.lora.scale)
@@ -239,8 +247,11 @@ class EditRun:
         done()
         (self.cache_log.compute if trained else self.cache_log.hit)(plan.lora.checkpoint)
 
-    def invert(self, plan: ClipPlan, first: bool, sigmas: torch.Tensor) -> SourceInversion:
-        """Stage 4: the clip's inversion (from the cache, or computed once)."""
+    def invert(
+        self, plan: ClipPlan, first: bool, sigmas: torch.Tensor, masked: bool = False
+    ) -> SourceInversion:
+        """Stage 4: the clip's inversion (from the cache, or computed once), with its
+        trajectory when an edit of the clip is ``masked`` (latent preservation)."""
         frames = self.resolution.forward(to_model_frames(plan.clip.frames))
         kv = KeyValues(capture=self.source_kv) if first else KeyValues(extra=self.source_kv)
         source = invert_clip(
@@ -253,6 +264,7 @@ class EditRun:
             kv if self.skip else None,
             self.backend,
             self.cache_log,
+            masked,
         )
         self.record_bytes = max(self.record_bytes, source.store.nbytes(0))
         return source
@@ -303,6 +315,7 @@ class EditRun:
             cond = edit_condition(cfg, model, link.image, frames, link.latent)
         own = self.edit_kv.get(keyframe.stem)
         kv = KeyValues(capture=own) if first else KeyValues(extra=own)
+        masks = self.clip_masks(plan, keyframe)
         latents = edit_clip(  # 5
             cfg,
             model,
@@ -313,13 +326,18 @@ class EditRun:
             latent_shape,
             f"edit {keyframe.stem}, clip {plan.clip.clip_id}",
             kv if self.skip else None,
+            None if masks is None else self.preservation(masks, source, latent_shape),
         )
         done()
         done = stopwatch(self.seconds, "decode")  # 6
         decoded, written = decode_clip(cfg, model, latents, self.resolution)
+        last = decoded[-1:]
+        if masks is not None:  # outside the feathered mask, exactly the source's pixels
+            written = composite(written, plan.clip.frames, feather(masks, cfg.data.mask_feather))
+            last = self.resolution.forward(to_model_frames(written[-1:])).to(last)
         if link is not None and overlay:  # the shared frames: exactly the previous clip's
             written[:overlay] = link.frames
-        new_link = ChainLink(decoded[-1:], latents[0, -1:], written[len(written) - overlay :])
+        new_link = ChainLink(last, latents[0, -1:], written[len(written) - overlay :])
         files = {
             "frames": {"frames": written},
             "link": {"image": new_link.image, "latent": new_link.latent},
@@ -330,6 +348,41 @@ class EditRun:
         self.cache_log.compute(entry)
         done()
         return new_link, written
+
+    def clip_masks(self, plan: ClipPlan, keyframe: Keyframe) -> np.ndarray | None:
+        """The edit's masks (F, H, W) over the clip's frames; None: unmasked (or an anchor)."""
+        if keyframe.mask is None or plan.anchor:
+            return None
+        return keyframe.mask.frames[plan.mask_start : plan.mask_start + len(plan.clip.frames)]
+
+    def preservation(
+        self, masks: np.ndarray, source: SourceInversion, latent_shape: tuple[int, ...]
+    ) -> Preservation | None:
+        """Latent preservation of a masked edit: the first ``data.mask_preserve`` of the steps
+        keep the source's inversion trajectory outside the latent-resolution mask."""
+        steps = int(self.cfg.data.mask_preserve * self.cfg.num_steps)
+        if source.trajectory is None:
+            log.warning("no inversion trajectory (inversion.method=none): compositing only")
+            return None
+        scale = self.model.pipe.vae_scale_factor
+        weights = latent_weights(masks, self.resolution, scale)[None]
+        assert weights.shape[-2:] == latent_shape[-2:], (weights.shape, latent_shape)
+        return Preservation(weights.to(self.model.device), source.trajectory, steps)
+
+    def write_masks(self) -> dict[str, Path]:
+        """Each masked edit's masks, one per frame of its video, as ``<stem>_mask.mp4``
+        (white: the edit region; a video a later run can take as ``data.mask_paths``)."""
+        inputs, overlay = self.prepared.inputs, self.cfg.data.overlay_size
+        written = {}
+        for keyframe in inputs.keyframes:
+            if keyframe.mask is None:
+                continue
+            frames = keyframe.mask.frames[overlay if inputs.continued else 0 :]
+            video = np.repeat(frames[..., None], 3, -1).astype(np.uint8) * 255
+            path = write_video(self.out_dir / mask_name(keyframe.stem), video, inputs.fps)
+            log.info("wrote %s (%s mask, %d frames)", path, keyframe.mask.kind, len(video))
+            written[keyframe.stem] = path
+        return written
 
     def write_videos(self) -> EditResult:
         """Stage 7: each edit's clips joined without repeating shared frames, written with its
@@ -346,7 +399,7 @@ class EditRun:
         source_clips = [c.clip.frames for c in plans if not c.anchor]
         source_video = join_clips(source_clips, overlay, continued)
         source_path = write_video(self.out_dir / SOURCE_NAME, source_video, inputs.fps)
-        return EditResult(
+        result = EditResult(
             self.out_dir,
             edited,
             source_path,
@@ -358,6 +411,8 @@ class EditRun:
             last_frames,
             self.cache_log,
         )
+        result.masks = self.write_masks()
+        return result
 
 
 def _load(cfg: DictConfig, device: torch.device, dtype: torch.dtype) -> LoadedModel:
@@ -397,15 +452,22 @@ def edit_metrics(cfg: DictConfig, inputs: EditInputs, result: EditResult) -> dic
     source = read_video_frames(result.source, "source")
     out = {}
     for keyframe, path in zip(inputs.keyframes, result.edited, strict=True):
+        mask = keyframe.mask
+        used = None  # unmasked: preservation outside the difference of the first frames
+        if mask is not None:
+            used = mask.frames[cfg.data.overlay_size if inputs.continued else 0 :]
         out[keyframe.stem] = evaluate(
             read_video_frames(path, "edited"),
             source,
             keyframe.image,
+            used,
             clip_path=m.clip_path,
             flow=m.flow,
             raft_weights=m.raft_weights,
             mask_threshold=m.mask_threshold,
         )
+        if mask is not None:  # which mask preservation_psnr was measured outside of
+            out[keyframe.stem].update(mask_source=mask.kind, mask=mask_name(keyframe.stem))
         shown = ", ".join(
             f"{k} {v:.4g}" for k, v in out[keyframe.stem].items() if isinstance(v, float)
         )
@@ -437,6 +499,7 @@ def write_run_record(
                 "video": path.name,
                 "beta": list(keyframe.beta),
                 "mask_thr": list(keyframe.mask_thr),
+                **({} if keyframe.mask is None else {"mask": keyframe.mask.spec}),
                 "metrics": result.metrics.get(keyframe.stem, {}),
             }
             for keyframe, path in zip(inputs.keyframes, result.edited, strict=True)

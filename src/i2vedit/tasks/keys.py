@@ -90,9 +90,12 @@ def edit_entry(
     keyframe: Keyframe,
     lora_checkpoint: Path | None,
     previous: str | None,
+    mask: str | None = None,
 ) -> TensorEntry:
     """The cache entry of one edit of one clip: the inversion it starts from, the edit's own
-    settings, the LoRA, and the previous clip's entry of the same edit (the chain)."""
+    settings, the LoRA, the previous clip's entry of the same edit (the chain) and, for a
+    masked edit only, its mask (``EditMask.digest``: the clip's masks and the mask settings;
+    an unmasked edit's key is what it was before masks existed)."""
     key = {
         "inversion": inversion.key,
         "keyframe": content_digest(keyframe.path) if previous is None else None,
@@ -104,5 +107,7 @@ def edit_entry(
         "guidance": [cfg.conditioning.min_guidance_scale, cfg.conditioning.max_guidance_scale],
         "decode_chunk_size": cfg.model.decode_chunk_size,
     }
+    if mask is not None:
+        key["mask"] = mask
     name = f"{inversion.folder.name.rsplit('-', 1)[0]}-{keyframe.stem}"
     return TensorEntry(cfg.paths.cache_dir, "edits", name, key)

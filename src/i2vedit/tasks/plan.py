@@ -47,6 +47,9 @@ class ClipPlan:
     #: clip 0 of a skip-interval run that starts later: edited (or taken from the cache) for
     #: its keys and values only, not part of the output
     anchor: bool = False
+    #: index of its first frame among the selected clips joined (each shared frame once): where
+    #: its masks start in an ``EditMask``'s frames
+    mask_start: int = 0
 
 
 def plan_lora(cfg: DictConfig, video_path: Path, clip: Clip, dtype: torch.dtype) -> LoraPlan | None:
@@ -92,17 +95,26 @@ def plan_clips(
         }
         plans.append(ClipPlan(first, lora, 0, 0, inversion, edits, anchor=True))
     previous = {stem: digest for stem, digest in inputs.continued_digests.items()}
+    start = 0  # in the selected clips joined
     for i, clip in enumerate(source.clips):
         new = len(clip.frames) - (cfg.data.overlay_size if i or inputs.continued else 0)
         lora = plan_lora(cfg, inputs.video_path, clip, dtype)
         inversion = inversion_entry(cfg, inputs.video_path, clip.clip_id, identity, dtype)
         edits = {
-            k.stem: edit_entry(cfg, inversion, k, _checkpoint(lora), previous.get(k.stem))
+            k.stem: edit_entry(
+                cfg,
+                inversion,
+                k,
+                _checkpoint(lora),
+                previous.get(k.stem),
+                None if k.mask is None else k.mask.digest(start, start + len(clip.frames)),
+            )
             for k in inputs.keyframes
         }
         previous = {stem: entry.key for stem, entry in edits.items()}
-        plans.append(ClipPlan(clip, lora, position, new, inversion, edits))
+        plans.append(ClipPlan(clip, lora, position, new, inversion, edits, mask_start=start))
         position += new
+        start += len(clip.frames) - cfg.data.overlay_size
     return plans
 
 
