@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo app test test-all lint format bench clean
+.PHONY: setup demo app test test-all lint format bench gpu-wheels clean
 
 setup: $(STAMP)
 
@@ -35,6 +35,17 @@ test-all: lint
 
 bench: setup
 	$(BIN)/python experiments/bench_edit.py --model tiny --section "Tiny model, CPU"
+
+# the packages a GPU machine with PyTorch, transformers, peft and Lightning lacks, as wheels
+# to carry there (README: On a GPU); antlr4-python3-runtime 4.9.3 is published as source only
+GPU_PYTHON ?= 3.12
+WHEELS := wheels
+gpu-wheels: setup
+	$(BIN)/python -m pip download --quiet --no-deps --only-binary=:all: --python-version $(GPU_PYTHON) \
+	  --implementation cp --platform manylinux2014_x86_64 -d $(WHEELS) \
+	  diffusers==0.42.1 hydra-core==1.3.8 omegaconf==2.3.1 importlib_metadata==10.2.0
+	$(BIN)/python -m pip wheel --quiet --no-deps -w $(WHEELS) antlr4-python3-runtime==4.9.3
+	ls -l $(WHEELS)
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .ruff_cache

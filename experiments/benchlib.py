@@ -38,6 +38,7 @@ if importlib.util.find_spec("i2vedit") is None:  # a checkout without the packag
 from omegaconf import DictConfig  # noqa: E402
 
 from i2vedit.files import write_text  # noqa: E402
+from i2vedit.models.compile import compile_repeated_blocks  # noqa: E402
 from i2vedit.models.specs import build_full_size_pipeline  # noqa: E402
 from i2vedit.models.svd import LoadedModel, load_model  # noqa: E402
 from i2vedit.progress import LogConsole, StepListener, step_listener  # noqa: E402
@@ -81,15 +82,24 @@ def bench_config(task: str, model: str, overrides: Sequence[str] = ()) -> DictCo
     return compose_config(task, [f"model={MODEL_OPTIONS[model]}", *overrides])
 
 
-def build_model(model: str, cfg: DictConfig, device: torch.device, dtype: torch.dtype):
+def build_model(
+    model: str,
+    cfg: DictConfig,
+    device: torch.device,
+    dtype: torch.dtype,
+    option: str | None = None,
+):
     """``--model tiny``: the tiny model of ``cfg.model`` as a run loads it; ``--model full``:
-    the full-size architecture of its ``conf/model`` option with random weights (seeded by
-    ``model.seed``), built on ``device``. Returns a ``LoadedModel``."""
-    m = cfg.model
+    the full-size architecture of its ``conf/model`` option (or ``option``: svd_xt) with
+    random weights (seeded by ``model.seed``), built on ``device``; its UNet's blocks compiled
+    with ``cfg.compile``. Returns a ``LoadedModel``."""
+    m, compile = cfg.model, bool(cfg.get("compile", False))
     if model == "full":
-        pipe = build_full_size_pipeline(device, dtype, m.seed, MODEL_OPTIONS[model])
+        pipe = build_full_size_pipeline(device, dtype, m.seed, option or MODEL_OPTIONS[model])
+        if compile:
+            compile_repeated_blocks(pipe.unet)
         return LoadedModel(pipe, device, dtype, f"full-size {MODEL_OPTIONS[model]}, random")
-    return load_model(m.kind, m.path, m.seed, m.variant, device, dtype)
+    return load_model(m.kind, m.path, m.seed, m.variant, device, dtype, compile)
 
 
 def latents_hw(pipe, height: int, width: int) -> tuple[int, int]:

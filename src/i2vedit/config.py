@@ -22,6 +22,7 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 from omegaconf import II, MISSING, DictConfig, OmegaConf
 
+from i2vedit.attention.kernels import check_kernel_name, resolve_kernel
 from i2vedit.core.conditioning import ConditioningParams
 from i2vedit.errors import InputError
 from i2vedit.metrics_spec import FLOW_METHODS
@@ -289,6 +290,8 @@ class AttentionMatchingConfig:
     store: str = "auto"
     #: query tokens blended at once in spatial matching (bounds the probability tensors)
     query_block_size: int = 1024
+    #: the spatial blend: auto (triton on CUDA, else torch), triton (fused) or torch (blocked)
+    kernel: str = "auto"
     #: accelerator memory (GB) the memory store leaves free for the passes (then host memory)
     #: and that auto wants beyond one step's records before it picks recompute
     memory_reserve_gb: float = 8.0
@@ -302,6 +305,11 @@ def check_attention_matching(cfg: DictConfig) -> None:
     _one_of("attention_matching.pairing", am.pairing, PAIRINGS)
     _one_of("attention_matching.store", am.store, STORES, ", ".join(STORES))
     _at_least(cfg, "attention_matching.query_block_size", 1)
+    check_kernel_name(am.kernel)
+    if am.kernel == "triton":  # where it can run (torch, to resolve the device, only then)
+        from i2vedit.models.device import resolve_device
+
+        resolve_kernel(am.kernel, resolve_device(cfg.device).type)
     _at_least(cfg, "attention_matching.memory_reserve_gb", 0)
     _pair(cfg, "attention_matching.beta", ordered=True)
     _pair(cfg, "attention_matching.mask_thr")
@@ -473,6 +481,8 @@ class RunConfig:
     long_video: LongVideoConfig = field(default_factory=LongVideoConfig)
     #: the reference's name for long_video=skip_interval (read through long_video_mode)
     use_consistency_attention_control: bool = False
+    #: regional compilation: each repeated UNet block compiled in place (models.compile)
+    compile: bool = False
 
 
 #: the schemas of conf/train.yaml (train_schema) and conf/edit.yaml (edit_schema): the same keys

@@ -29,6 +29,7 @@ from i2vedit.attention.control import (
     AttentionRecorder,
     MatchingParams,
 )
+from i2vedit.attention.kernels import resolve_kernel
 from i2vedit.attention.layers import record_bytes_per_step
 from i2vedit.attention.store import (
     RECORDS_DIR,
@@ -53,6 +54,7 @@ from i2vedit.data.resize import ResolutionPlan, to_uint8_frames
 from i2vedit.inversion.edm import edm_invert, inversion_sigmas
 from i2vedit.inversion.recompute import RecomputeStore
 from i2vedit.inversion.sarp import sarp
+from i2vedit.models.device import resolve_device
 from i2vedit.models.svd import LoadedModel
 from i2vedit.progress import step_progress
 from i2vedit.sampling.sampler import Preservation, sample
@@ -364,13 +366,20 @@ def source_condition(
 
 
 def matching_params(
-    cfg: DictConfig, beta: tuple[float, float], mask_thr: tuple[float, float]
+    cfg: DictConfig,
+    beta: tuple[float, float],
+    mask_thr: tuple[float, float],
+    device: torch.device | None = None,
 ) -> MatchingParams | None:
     """One edit's attention-matching settings (None with attention_matching.enabled=false):
-    its own ``beta`` and ``mask_thr``, the rest from ``attention_matching``."""
+    its own ``beta`` and ``mask_thr``, the rest from ``attention_matching``; the blend's
+    kernel resolved for ``device`` (None: the config's ``device``)."""
     am = cfg.attention_matching
     if not am.enabled:
         return None
+    device = resolve_device(cfg.device) if device is None else device
+    kernel = resolve_kernel(am.kernel, device.type)
+    log.info("spatial blend: %s kernel (attention_matching.kernel=%s)", kernel, am.kernel)
     return MatchingParams(
         num_steps=cfg.num_steps,
         beta=beta,
@@ -380,6 +389,7 @@ def matching_params(
         frames_per_chunk=am.spatial_attention_chunk_size,
         pairing=am.pairing,
         query_block=am.query_block_size,
+        kernel=kernel,
     )
 
 

@@ -485,13 +485,13 @@ class ModelSlots:
         m = cfg.model
         dtype = resolve_dtype(cfg.dtype, device)
         path = m.path if model_kind(m.kind).named_by_path else None  # else the path is unused
-        key = (m.kind, path, m.seed, m.variant, dtype)
+        key = (m.kind, path, m.seed, m.variant, dtype, cfg.compile)
         held = self.loaded.get(device)
         if held is not None and held[0] == key:
             log.info("model reused on %s", device)
             return held[1]
         self.loaded.pop(device, None)
-        loaded = load_model(m.kind, m.path, m.seed, m.variant, device, dtype)
+        loaded = load_model(m.kind, m.path, m.seed, m.variant, device, dtype, key[-1])
         self.loaded[device] = (key, loaded)
         return loaded
 

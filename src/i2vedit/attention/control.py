@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from i2vedit.attention.fused import fused_masked_attention
+from i2vedit.attention.kernels import SPATIAL_KERNELS
 from i2vedit.attention.layers import SPATIAL, AttentionLayer, registered_layers
 from i2vedit.attention.matching import attention_probs, blocked_masked_attention, frame_thresholds
 from i2vedit.attention.schedule import MatchingSchedule
@@ -72,7 +74,9 @@ class AttentionController:
 
 class AttentionRecorder(AttentionController):
     """Records the source's attention during inversion, at record index ``step``:
-    spatial layers keep Q and K, temporal layers the probabilities."""
+    spatial layers keep Q and K, temporal layers the probabilities (smaller than their Q and
+    K; the output is computed from the same probabilities: ``attention.fused`` on why no
+    fused call serves there)."""
 
     def __init__(self, store: AttentionStore) -> None:
         super().__init__()
@@ -97,7 +101,7 @@ class AttentionRecorder(AttentionController):
 class MatchingParams:
     """One edit's attention-matching settings: when matching acts (``schedule``, a
     :class:`~i2vedit.attention.schedule.MatchingSchedule` of the first five fields) and how
-    the spatial blend runs (mask thresholds, chunking)."""
+    the spatial blend runs (mask thresholds, kernel, chunking)."""
 
     num_steps: int
     beta: tuple[float, float] = (0.5, 0.8)
@@ -107,9 +111,14 @@ class MatchingParams:
     frames_per_chunk: int = 1  #: frames blended at once in spatial matching
     pairing: str = "reference"  #: which record an edit step reads: reference or exact
     query_block: int = 1024  #: query tokens blended at once in spatial matching
+    #: the spatial blend: ``torch`` (blocked, explicit probabilities; chunked by the two
+    #: fields above) or ``triton`` (``attention.fused``, all frames at once); never ``auto``
+    kernel: str = "torch"
     schedule: MatchingSchedule = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
+        if self.kernel not in SPATIAL_KERNELS:
+            raise ValueError(f"kernel must be one of {SPATIAL_KERNELS}, got {self.kernel!r}")
         schedule = MatchingSchedule(
             self.num_steps, tuple(self.beta), self.spatial_steps, self.temporal_steps, self.pairing
         )
@@ -160,6 +169,8 @@ class AttentionMatcher(AttentionController):
         k_src = self.store.get(index, layer.path, "k")
         frames = q.shape[0]
         thresholds = frame_thresholds(self.params.mask_thr, frames)
+        if self.params.kernel == "triton":
+            return fused_masked_attention(q_src, k_src, q, k, v, scale, thresholds)
         out = torch.empty_like(q[..., : v.shape[-1]])
         step = max(1, self.params.frames_per_chunk)
         for s in range(0, frames, step):

@@ -1,6 +1,7 @@
 """The paper's attention ideas, each a small named function: the spatial masked blend and its
 per-frame thresholds. When each layer matches (the temporal injection schedule) is
-``i2vedit.attention.schedule``."""
+``i2vedit.attention.schedule``; the blend without probability tensors (the same rule from
+row distances and fused attention outputs) is ``i2vedit.attention.fused``."""
 
 from __future__ import annotations
 
@@ -27,8 +28,20 @@ def blend_mask(p_src: torch.Tensor, p_edit: torch.Tensor, thresholds: torch.Tens
     Returns (frames, queries) in fp32.
     """
     m = (p_src.float() - p_edit.float()).abs().mean(dim=1).sum(dim=-1).clamp(0, 2) / 2
+    return thresholded(m, thresholds)
+
+
+def thresholded(m: torch.Tensor, thresholds: torch.Tensor) -> torch.Tensor:
+    """The per-frame threshold rule: ``M >= thr`` -> 1, else ``M``. ``m`` (frames, queries)."""
     thr = thresholds.to(m.device, m.dtype)[:, None]
     return torch.where(m >= thr, torch.ones_like(m), m)
+
+
+def distance_mask(distances: torch.Tensor, thresholds: torch.Tensor) -> torch.Tensor:
+    """``blend_mask`` from per-head row distances ``d_h = sum_keys |P0 - P|`` (frames, heads,
+    queries): ``M = clamp(mean_heads d_h, 0, 2) / 2``, thresholded. Returns (frames, queries)
+    in fp32."""
+    return thresholded(distances.float().mean(dim=1).clamp(0, 2) / 2, thresholds)
 
 
 def masked_attention_blend(
@@ -42,6 +55,17 @@ def masked_attention_blend(
     m = blend_mask(p_src, p_edit, thresholds)[:, None, :, None]
     probs = (1 - m) * p_src.float() + m * p_edit.float()
     return torch.matmul(probs.to(v.dtype), v)
+
+
+def blend_outputs(
+    out_src: torch.Tensor, out_edit: torch.Tensor, mask: torch.Tensor
+) -> torch.Tensor:
+    """``masked_attention_blend`` from the two attention outputs: ``M`` is one scalar per
+    query, so ``((1 - M) P0 + M P) V = (1 - M) (P0 V) + M (P V)``. Outputs (frames, heads,
+    queries, dv), ``mask`` (frames, queries); combined in fp32, returned in ``out_edit``'s
+    dtype."""
+    m = mask[:, None, :, None]
+    return ((1 - m) * out_src.float() + m * out_edit.float()).to(out_edit.dtype)
 
 
 def blocked_masked_attention(

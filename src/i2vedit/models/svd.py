@@ -19,6 +19,7 @@ from diffusers import (
 )
 
 from i2vedit.models.base import svd_scheduler
+from i2vedit.models.compile import compile_repeated_blocks
 from i2vedit.models.registry import model_identity, model_kind
 from i2vedit.models.tiny import build_tiny_pipeline
 
@@ -59,8 +60,10 @@ def load_model(
     variant: str | None,
     device: torch.device,
     dtype: torch.dtype,
+    compile: bool = False,
 ) -> LoadedModel:
-    """Load (or build) the SVD components once, frozen, in eval mode, on ``device``."""
+    """Load (or build) the SVD components once, frozen, in eval mode, on ``device``; with
+    ``compile`` (the ``compile`` key), the UNet's repeated blocks compiled in place."""
     model = model_kind(kind)
     model.check(path)
     pipe = model.load(path, seed, variant, dtype)
@@ -73,6 +76,8 @@ def load_model(
         pipe.to(dtype=dtype)
     if dtype == torch.float16 and getattr(pipe.vae.config, "force_upcast", False):
         pipe.vae.to(dtype=torch.float32)  # the SVD VAE overflows in fp16
+    if compile:
+        compile_repeated_blocks(pipe.unet)
     return LoadedModel(pipe, device, dtype, model.identity(path, seed))
 
 

@@ -419,7 +419,7 @@ def _load(cfg: DictConfig, device: torch.device, dtype: torch.dtype) -> LoadedMo
     name = cfg.model.path if model_kind(cfg.model.kind).named_by_path else cfg.model.kind
     log.info("model %s on %s (%s)", name, device, dtype)
     m = cfg.model
-    return load_model(m.kind, m.path, m.seed, m.variant, device, dtype)
+    return load_model(m.kind, m.path, m.seed, m.variant, device, dtype, cfg.compile)
 
 
 def _train_missing(cfg, model, inputs: EditInputs, plan: ClipPlan, out_dir: Path) -> bool:

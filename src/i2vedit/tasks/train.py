@@ -320,6 +320,7 @@ def run_train(cfg: DictConfig, model: LoadedModel | None = None, **train_kwargs)
             cfg.model.variant,
             device,
             PRECISION_DTYPES[precision],
+            cfg.compile,
         )
     run_dir = Path(cfg.output_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
