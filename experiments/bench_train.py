@@ -11,7 +11,7 @@ run). Each step is timed between ``on_train_batch_start`` and ``on_train_batch_e
 (synchronised on accelerators), after a few untimed warm-up steps; the peak memory is reset
 after the warm-up.
 
-    python experiments/bench_train.py --model tiny --threads 1 --checkpointing diffusers none
+    python experiments/bench_train.py --model tiny --threads 1 --checkpointing blocks diffusers none
     python experiments/bench_train.py --model full --section "Training, full-size SVD, <GPU name>"
 
 ``--model full`` is the full-size SVD img2vid architecture with random weights
@@ -71,6 +71,7 @@ from i2vedit.models.device import PRECISION_DTYPES, resolve_device, resolve_prec
 from i2vedit.models.svd import LoadedModel  # noqa: E402
 from i2vedit.progress import setup_logging  # noqa: E402
 from i2vedit.runner import source_condition  # noqa: E402
+from i2vedit.training.checkpointing import POLICIES  # noqa: E402
 from i2vedit.training.module import MotionLoRAModule, OneClipDataModule  # noqa: E402
 
 log = logging.getLogger("bench_train")
@@ -87,7 +88,14 @@ TARGET_PEAK_GB = 16.0
 TARGET_SECONDS_250 = 180.0
 PROJECTED_STEPS = (250, 500)
 
-CHECKPOINTING = {"diffusers": "unet.enable_gradient_checkpointing()", "none": "none"}
+#: what each ``lora.checkpointing`` policy recomputes in backward
+CHECKPOINTING = {
+    "none": "none",
+    "diffusers": "unet.enable_gradient_checkpointing() (resnets and spatial transformer blocks)",
+    "blocks": "every spatial and temporal transformer block and every resnet "
+    "(i2vedit.training.checkpointing)",
+}
+assert tuple(CHECKPOINTING) == POLICIES
 
 
 # --------------------------------------------------------------------------- the clip
@@ -209,7 +217,7 @@ def train_once(
         lora.lr,
         lora.weight_decay,
         cfg.seed,
-        gradient_checkpointing=checkpointing == "diffusers",
+        checkpointing=checkpointing,
     )
     params = module.lora_params
     size = LoRASize(
@@ -232,8 +240,9 @@ def train_once(
         log.error("%s: %s", result.failure, str(err).splitlines()[0])
     finally:
         result.fit_seconds = time.perf_counter() - start
+        module.uninstall()  # the fit's end did it already, unless it never began
         del trainer, module, datamodule  # the optimizer state goes with them
-        restore_unet(unet, device, checkpointing)
+        restore_unet(unet, device)
     result.timed = timer.timed
     take_stages(result, meter)
     return result, size
@@ -257,11 +266,10 @@ def lora_trainer(cfg: DictConfig, precision: str, steps: int, timer: StepTimer) 
     )
 
 
-def restore_unet(unet: torch.nn.Module, device: torch.device, checkpointing: str) -> None:
-    """The UNet as it was before training: no LoRA, no checkpointing, frozen, on ``device``."""
+def restore_unet(unet: torch.nn.Module, device: torch.device) -> None:
+    """The UNet as it was before training: no LoRA, frozen, on ``device`` (the module's fit
+    has already taken its checkpointing off)."""
     remove_lora(unet)
-    if checkpointing == "diffusers":
-        unet.disable_gradient_checkpointing()
     unet.eval()
     unet.requires_grad_(False)
     unet.to(device)  # Lightning's teardown moves the module to the host
@@ -480,14 +488,14 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, DictC
         help=f"Lightning precision ({tiny.trainer.precision}); auto: bf16-mixed (16-mixed "
         "without bf16) on an accelerator, 32 on a CPU",
     )
-    checkpointing = "diffusers" if tiny.lora.gradient_checkpointing else "none"
+    checkpointing = tiny.lora.checkpointing
     parser.add_argument(
         "--checkpointing",
         dest="modes",
         nargs="+",
         choices=tuple(CHECKPOINTING),
         default=[checkpointing],
-        help=f"gradient checkpointing, one table row each (default: {checkpointing})",
+        help=f"lora.checkpointing policies, one table row each (default: {checkpointing})",
     )
     parser.add_argument("--seed", type=int, help=f"run and weights seed ({tiny.seed})")
     parser.add_argument(

@@ -71,6 +71,7 @@ from i2vedit.models.specs import build_full_size_pipeline  # noqa: E402
 from i2vedit.models.tiny import build_tiny_pipeline  # noqa: E402
 from i2vedit.progress import setup_logging  # noqa: E402
 from i2vedit.runner import matching_params  # noqa: E402
+from i2vedit.training.checkpointing import POLICIES, checkpointed  # noqa: E402
 from i2vedit.training.loss import edm_loss  # noqa: E402
 
 log = logging.getLogger("cost_model")
@@ -456,8 +457,6 @@ def train_step_flops(clip: MetaClip, cfg: DictConfig, policy: str) -> float:
         )
     for p in params:
         p.data = p.data.float()
-    if policy == "diffusers":
-        unet.enable_gradient_checkpointing()
     unet.train()
     latents = s.latents(unet)
 
@@ -466,25 +465,17 @@ def train_step_flops(clip: MetaClip, cfg: DictConfig, policy: str) -> float:
         loss.backward()
 
     try:
-        return count_flops(run)
+        with checkpointed(unet, policy):
+            return count_flops(run)
     finally:
         remove_lora(unet)
-        if policy == "diffusers":
-            unet.disable_gradient_checkpointing()
         unet.eval()
         unet.requires_grad_(False)
-
-
-#: checkpointing policies the cost model can apply in this tree (``lora.checkpointing``)
-POLICIES = ("none", "diffusers")
 
 
 def train_costs(clip: MetaClip, cfg: DictConfig, policies: tuple[str, ...]) -> list[StageCost]:
     rows = []
     for policy in policies:
-        if policy not in POLICIES:
-            log.warning("checkpointing %r: not available in this tree, not counted", policy)
-            continue
         flops = train_step_flops(clip, cfg, policy)
         rows.append(StageCost(f"training step, checkpointing {policy}", "fwd + loss + bwd", flops))
     return rows

@@ -42,6 +42,7 @@ if str(EXPERIMENTS) not in sys.path:  # run as a script, experiments/ is already
 import bench_edit  # noqa: E402
 import bench_train  # noqa: E402
 import cost_model  # noqa: E402
+import memory_model  # noqa: E402
 from benchlib import (  # noqa: E402  (benchlib also puts src/ on the path if needed)
     BENCHMARKS_MD,
     Meter,
@@ -90,16 +91,11 @@ EDIT_FACTOR = 4.0
 TRAIN_STEP_FACTOR = 0.15  #: one training step (batch 1, fwd + bwd) over 25 plain steps
 
 
-# --------------------------------------------------------------------------- guards
-# Interfaces built in other worktrees; each guard logs and the row says so. Delete the guard
-# once the interface is merged.
+# --------------------------------------------------------------------------- choices and models
 
 
 def spatial_kernels(cfg: DictConfig) -> tuple[str, ...]:
     """The ``attention_matching.kernel`` choices, the default first."""
-    if "kernel" not in cfg.attention_matching:  # GUARD: attention_matching.kernel
-        log.warning("attention_matching.kernel: not available in this tree")
-        return ("default",)
     default = resolve_kernel("auto", resolve_device(cfg.device))
     return (default, *(k for k in ("triton", "torch") if k != default))
 
@@ -112,19 +108,8 @@ def resolve_kernel(name: str, device: torch.device) -> str:
     return resolve(name, device.type)
 
 
-def checkpointing_policies(cfg: DictConfig) -> tuple[tuple[str, ...], tuple[str, ...]]:
-    """(policies ``bench_train.train_once`` runs here, policies not available in this tree)."""
-    wanted = ("none", "diffusers", "blocks")
-    runnable = tuple(p for p in wanted if p in bench_train.CHECKPOINTING)
-    return runnable, tuple(p for p in wanted if p not in runnable)  # GUARD: lora.checkpointing
-
-
 def memory_prediction(run: str, model: str, frames: int, hw: tuple[int, int], setting: str):
     """The memory model's predicted peak (GiB) or why there is none."""
-    try:  # GUARD: experiments/memory_model.py
-        import memory_model
-    except ImportError:
-        return None, "memory model not available in this tree"
     try:
         rows = memory_model.predict(run, model, frames, hw[0], hw[1], setting)
     except Exception as err:  # a model or setting it does not cover
@@ -426,12 +411,11 @@ def part_train(suite: Suite, model) -> None:
     precision = resolve_precision(cfg.trainer.precision, suite.device)
     if PRECISION_DTYPES[precision] != model.dtype:
         log.warning("training in %s over weights in %s", precision, model.dtype)
-    runnable, missing = checkpointing_policies(cfg)
     height, width = cfg.lora.resolution
     latents, cond = bench_train.random_clip(model, cfg, "tiny" if suite.args.dry else "full")
     steps, warmup = suite.sizes["train_steps"], suite.sizes["train_warmup"]
     args = argparse.Namespace(steps=steps, warmup=warmup)
-    for policy in runnable:
+    for policy in bench_train.CHECKPOINTING:
         setting = f"checkpointing {policy}"
         per_step = train_cost(suite, policy)
         guess = train_step_estimate(suite, per_step)
@@ -460,10 +444,6 @@ def part_train(suite: Suite, model) -> None:
             )
         )
         suite.write()
-    for policy in missing:
-        suite.skip(
-            "train", f"checkpointing {policy}", "lora.checkpointing: not available in this tree"
-        )
 
 
 # --------------------------------------------------------------------------- entry point

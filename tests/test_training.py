@@ -101,7 +101,7 @@ def trained():
     latents, cond = _clip_tensors(pipe)
     base = {n: p.detach().clone() for n, p in pipe.unet.named_parameters()}
     config = motion_lora_config(pipe.unet, rank=8, alpha=8, dropout=0.0)
-    module = MotionLoRAModule(pipe.unet, config, 2e-3, 1e-2, 0, False, FixedDraw(latents.shape))
+    module = MotionLoRAModule(pipe.unet, config, 2e-3, 1e-2, 0, "none", FixedDraw(latents.shape))
     lora_before = {k: v.clone() for k, v in lora_state_dict(pipe.unet).items()}
     log = LossLog()
     _trainer(60, [log]).fit(module, OneClipDataModule(latents, cond, 60))
@@ -216,8 +216,8 @@ def test_preview_written_during_training(tiny_model, edit_overrides, keyframe, t
 def test_skip_interval_training_attends_to_clip_0(
     tiny_model, edit_overrides, tmp_path, monkeypatch
 ):
-    """Clip 1's LoRA trains with clip 0's keys and values beside its own (gradient
-    checkpointing on, so backward recomputes the blocks with them too); plain chaining does not;
+    """Clip 1's LoRA trains with clip 0's keys and values beside its own (block checkpointing
+    on, so backward recomputes the temporal blocks with them too); plain chaining does not;
     the UNet's own processors are back afterwards."""
     from i2vedit.attention.control import AttentionController
 
@@ -244,7 +244,7 @@ def test_skip_interval_training_attends_to_clip_0(
                 "lora.max_steps=2",
                 "lora.checkpoint_every=2",
                 "lora.rank=4",
-                "lora.gradient_checkpointing=true",
+                "lora.checkpointing=blocks",
             ]
         )
         seen.clear()
@@ -257,6 +257,9 @@ def test_skip_interval_training_attends_to_clip_0(
             trained = {(n, grad) for cap, n, grad in seen if not cap}
             assert captured == {8}  # clip 0's own pass, which records its keys and values
             assert trained == {(16, True)}  # clip 1 attends to 8 + 8 frames, with gradients
+            # each temporal layer runs twice a step (forward, and its recomputation in
+            # backward), both times with clip 0's keys and values; clip 0's pass once
+            assert sum(not cap for cap, _, _ in seen) == 2 * sum(cap for cap, _, _ in seen)
         else:
             assert seen == []  # no controller installed at all
         assert {k: type(v) for k, v in tiny_model.unet.attn_processors.items()} == processors

@@ -210,6 +210,8 @@ class ModelConfig:
     resolution: list[int] = field(default_factory=lambda: [32, 48])  #: (height, width)
     train_resolution: list[int] = field(default_factory=lambda: [32, 48])  #: motion-LoRA training
     decode_chunk_size: int = 8
+    #: on an accelerator, the CLIP image encoder waits in host memory between encodings
+    offload_image_encoder: bool = True
 
 
 def check_model(cfg: DictConfig) -> None:
@@ -321,6 +323,11 @@ def check_attention_matching(cfg: DictConfig) -> None:
 # --------------------------------------------------------------------------- lora
 
 
+#: ``lora.checkpointing``: the policies of ``i2vedit.training.checkpointing`` (named here too:
+#: the config layer imports no torch)
+CHECKPOINTING = ("none", "diffusers", "blocks")
+
+
 @dataclass
 class LoraSchema:
     """The motion LoRA: how it trains, and which checkpoint an edit loads."""
@@ -336,7 +343,9 @@ class LoraSchema:
     max_steps: int = 500
     checkpoint_every: int = 50
     accumulate_grad_batches: int = 1
-    gradient_checkpointing: bool = True
+    #: what backward recomputes: none, diffusers (the UNet's own), blocks (every transformer
+    #: block and resnet); memory and time only, never the result
+    checkpointing: str = "blocks"
     resolution: list[int] = field(
         default_factory=lambda: ["${model.train_resolution[0]}", "${model.train_resolution[1]}"]
     )
@@ -353,6 +362,7 @@ def check_lora(cfg: DictConfig) -> None:
     if lora.weight_decay < 0:
         raise InputError("lora.weight_decay", lora.weight_decay, "must be >= 0")
     _at_least(cfg, "lora.accumulate_grad_batches", 1)
+    _one_of("lora.checkpointing", lora.checkpointing, CHECKPOINTING)
     _at_least(cfg, "lora.preview_every", 0)
     if lora.preview_every:
         _at_least(cfg, "lora.preview_steps", 2)

@@ -54,7 +54,7 @@ from i2vedit.data.resize import ResolutionPlan, to_uint8_frames
 from i2vedit.inversion.edm import edm_invert, inversion_sigmas
 from i2vedit.inversion.recompute import RecomputeStore
 from i2vedit.inversion.sarp import sarp
-from i2vedit.models.device import resolve_device
+from i2vedit.models.device import HOST, resolve_device
 from i2vedit.models.svd import LoadedModel
 from i2vedit.progress import step_progress
 from i2vedit.sampling.sampler import Preservation, sample
@@ -119,7 +119,7 @@ def choose_store(cfg: DictConfig, model: LoadedModel, frames: int, latent_hw) ->
     requested = cfg.attention_matching.store
     if requested != "auto":
         return requested, "attention_matching.store"
-    if model.device.type == "cpu":
+    if model.device.type == HOST.type:
         return "disk", "auto: no accelerator to recompute on, so records go to disk"
     element = torch.empty((), dtype=model.dtype).element_size()
     need = record_bytes_per_step(model.unet, frames, *latent_hw, element)
@@ -138,7 +138,7 @@ def choose_store(cfg: DictConfig, model: LoadedModel, frames: int, latent_hw) ->
 
 def _device_budget(cfg: DictConfig, device: torch.device) -> int | None:
     """Bytes of records the memory store may keep on the accelerator (None: no limit)."""
-    if device.type == "cpu":
+    if device.type == HOST.type:
         return None
     free, _ = torch.accelerator.get_memory_info(device.index)
     return max(0, int(free - cfg.attention_matching.memory_reserve_gb * 1e9))
@@ -360,9 +360,33 @@ def source_condition(
     """The unguided condition of the inversion: the (SARP-perturbed) source first frame."""
     first = clip if sarp_done else _sarp(cfg, clip)
     params = ConditioningParams(**cfg.conditioning)
-    return encode_condition(
+    cond = encode_condition(
         model.pipe, first[:1], params, frames, seeded_generator(cfg.seed), False
     )
+    rest_image_encoder(cfg, model)
+    return cond
+
+
+def rest_image_encoder(cfg: DictConfig, model: LoadedModel) -> None:
+    """``model.offload_image_encoder``: on an accelerator, the CLIP image encoder waits in host
+    memory once a condition is encoded (SVD's ViT-H/14 holds 1.3 GB in bf16, idle while
+    sampling and decoding). It comes back to the device of its input when next called."""
+    encoder = model.pipe.image_encoder
+    if not cfg.model.offload_image_encoder or model.device.type == HOST.type:
+        return
+    if not getattr(encoder, "_i2vedit_follows_input", False):
+        encoder.register_forward_pre_hook(_to_input_device, with_kwargs=True)
+        encoder._i2vedit_follows_input = True
+        log.info("CLIP image encoder: in host memory between encodings")
+    if encoder.device != HOST:
+        encoder.to(HOST)
+
+
+def _to_input_device(module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
+    """Forward pre-hook: the module on the device of its first tensor input."""
+    tensors = [x for x in (*args, *kwargs.values()) if isinstance(x, torch.Tensor)]
+    if tensors and module.device != tensors[0].device:
+        module.to(tensors[0].device)
 
 
 def matching_params(
@@ -404,9 +428,11 @@ def edit_condition(
     ``image`` (1, 3, h, w) in [-1, 1] at the model's resolution, and for a later clip the
     latent of the previous clip's last edited frame (no VAE round trip)."""
     params = ConditioningParams(**cfg.conditioning)
-    return encode_condition(
+    cond = encode_condition(
         model.pipe, image, params, frames, seeded_generator(cfg.seed), True, latent
     )
+    rest_image_encoder(cfg, model)
+    return cond
 
 
 def edit_clip(

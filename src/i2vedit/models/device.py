@@ -10,6 +10,9 @@ from i2vedit.errors import InputError
 
 log = logging.getLogger(__name__)
 
+#: where a component waits when it is moved off the accelerator between uses
+HOST = torch.device("cpu")
+
 _DTYPES = {
     "fp32": torch.float32,
     "float32": torch.float32,

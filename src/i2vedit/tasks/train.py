@@ -204,7 +204,7 @@ def _fit_clip(
         lora.lr,
         lora.weight_decay,
         cfg.seed,
-        lora.gradient_checkpointing,
+        lora.checkpointing,
         draw,
         anchor,
     )
@@ -222,9 +222,8 @@ def _fit_clip(
     try:
         trainer.fit(module, dm, ckpt_path=resume_from)
     finally:
+        module.uninstall()  # done by the fit's end already; also if it never started
         remove_lora(unet)
-        if lora.gradient_checkpointing:
-            unet.disable_gradient_checkpointing()
         unet.eval()
         unet.requires_grad_(False)
         unet.to(model.device)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,7 +19,9 @@ from i2vedit.attention.store import MemoryStore
 from i2vedit.core.edm import Condition, denoise
 from i2vedit.core.lora import add_motion_lora, lora_disabled, save_lora
 from i2vedit.files import atomic_path
+from i2vedit.models.device import HOST, PRECISION_DTYPES
 from i2vedit.progress import report_step
+from i2vedit.training.checkpointing import checkpointed
 from i2vedit.training.loss import cosine_interpolated_sigma, edm_loss
 
 log = logging.getLogger(__name__)
@@ -93,6 +95,33 @@ class OneClipDataModule(L.LightningDataModule):
         return DataLoader(_RepeatedClip(self.sample, self.batches), batch_size=None, num_workers=0)
 
 
+def frozen_weights_dtype(precision: str, device: torch.device, current: torch.dtype) -> torch.dtype:
+    """The dtype the frozen UNet weights train in under the Lightning ``precision``: its compute
+    dtype (bf16, fp16) for a mixed precision on an accelerator; else ``current`` (the CPU keeps
+    the weights as loaded)."""
+    if device.type == HOST.type or not precision.endswith("-mixed"):
+        return current
+    return PRECISION_DTYPES.get(precision, current)
+
+
+@contextlib.contextmanager
+def frozen_weights_in(
+    unet: torch.nn.Module, dtype: torch.dtype, trainable: list[torch.nn.Parameter]
+) -> Iterator[None]:
+    """The parameters of ``unet`` other than ``trainable`` in ``dtype`` while inside; exactly as
+    before afterwards (the originals of those cast wait on the host meanwhile)."""
+    keep = {id(p) for p in trainable}
+    cast = [p for p in unet.parameters() if id(p) not in keep and p.dtype != dtype]
+    originals = [p.data.cpu() for p in cast]
+    for param in cast:
+        param.data = param.data.to(dtype)
+    try:
+        yield
+    finally:
+        for param, original in zip(cast, originals, strict=True):
+            param.data = original.to(param.device)
+
+
 class MotionLoRAModule(L.LightningModule):
     """Trains a LoRA on the temporal transformer blocks of the UNet with the EDM loss."""
 
@@ -103,7 +132,7 @@ class MotionLoRAModule(L.LightningModule):
         lr: float,
         weight_decay: float,
         seed: int,
-        gradient_checkpointing: bool = True,
+        checkpointing: str = "blocks",
         draw: NoiseDraw | None = None,
         anchor: AnchorClip | None = None,
     ) -> None:
@@ -117,8 +146,8 @@ class MotionLoRAModule(L.LightningModule):
             self.lora_params = add_motion_lora(unet, lora_config)
         for param in self.lora_params:
             param.data = param.data.float()  # fp32 master weights under mixed precision
-        if gradient_checkpointing:
-            unet.enable_gradient_checkpointing()
+        #: ``lora.checkpointing``: what backward recomputes (installed for the fit only)
+        self.checkpointing = checkpointing
         self.strict_loading = False  # checkpoints hold the LoRA only
         #: skip-interval attention: clip 0, and the controller that hands its keys and values
         #: to the temporal layers (installed for the whole fit, so that the recomputation of
@@ -129,15 +158,31 @@ class MotionLoRAModule(L.LightningModule):
 
     def on_fit_start(self) -> None:
         self.unet.train()  # LoRA dropout is active in train mode only
+        installed = self._installed
+        frozen = frozen_weights_dtype(self.trainer.precision, self.device, self.unet.dtype)
+        log.info(
+            "motion LoRA training: checkpointing %s, frozen UNet weights in %s%s, LoRA weights "
+            "and AdamW state in float32",
+            self.checkpointing,
+            str(frozen).removeprefix("torch."),
+            "" if frozen == self.unet.dtype else f" (cast from {self.unet.dtype} for the fit)",
+        )
+        installed.enter_context(frozen_weights_in(self.unet, frozen, self.lora_params))
+        installed.enter_context(checkpointed(self.unet, self.checkpointing))
         if self.kv_controller is not None:
             self.anchor = self.anchor.to(self.device)
-            self._installed.enter_context(controlled_attention(self.unet, self.kv_controller))
+            installed.enter_context(controlled_attention(self.unet, self.kv_controller))
 
     def on_fit_end(self) -> None:
-        self._installed.close()
+        self.uninstall()
 
     def teardown(self, stage: str) -> None:
-        self._installed.close()  # also when fit stops on an exception
+        self.uninstall()  # also when fit stops on an exception
+
+    def uninstall(self) -> None:
+        """The UNet as the fit found it: no checkpointing, no attention controller, frozen
+        weights in their dtype (the LoRA stays). Safe to call twice."""
+        self._installed.close()
 
     def anchor_keys_values(self, step: int, sigma: float) -> MemoryStore:
         """Clip 0's temporal keys and values at noise level ``sigma``, from the base UNet (the
