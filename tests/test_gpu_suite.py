@@ -77,6 +77,7 @@ def test_a_spent_budget_skips_each_part_and_says_so(tmp_path, tiny_model):
         ("xt", "tiny x4"),
         ("train", "checkpointing none"),
         ("train", "checkpointing diffusers"),
+        ("train", "checkpointing blocks"),
     ]
     assert all(r.seconds is None for r in suite.rows)
     assert text_has(args.out, "skipped: budget")
